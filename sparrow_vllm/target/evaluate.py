@@ -1,0 +1,50 @@
+"""Quality of the embedded target: greedy answers on SparrowWorld, scored against the facts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sparrow_vllm.target.prompt import hf_inputs
+from sparrow_vllm.world import make_sample, score_answer
+
+
+@torch.no_grad()
+def generate_answer(model, processor, frames, question: str, max_new_tokens: int = 48) -> str:
+    inputs = hf_inputs(processor, frames, question)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def evaluate(model, processor, split: str = "test", n: int = 100, num_frames: int = 16,
+             start_index: int = 0) -> dict:
+    """Exact and facts accuracy of greedy answers over ``n`` samples of ``split``."""
+    rows = []
+    t0 = time.time()
+    for i in tqdm(range(start_index, start_index + n), desc=f"eval {split} {num_frames}f"):
+        s = make_sample(split, i, num_frames)
+        answer = generate_answer(model, processor, s.frames(), s.question)
+        rows.append({"id": s.id, "kind": s.kind, "question": s.question, "reference": s.answer,
+                     "answer": answer, "exact": score_answer(s, answer, "exact"),
+                     "facts": score_answer(s, answer, "facts")})
+    by_kind: dict[str, list[bool]] = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r["exact"])
+    return {
+        "split": split, "n": n, "num_frames": num_frames,
+        "visual_tokens": make_sample(split, start_index, num_frames).visual_tokens,
+        "exact_accuracy": sum(r["exact"] for r in rows) / n,
+        "facts_accuracy": sum(r["facts"] for r in rows) / n,
+        "exact_by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
+        "seconds": round(time.time() - t0, 1),
+        "rows": rows,
+    }
+
+
+def write_report(results: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))

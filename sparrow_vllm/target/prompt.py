@@ -1,0 +1,59 @@
+"""One way to turn (video, question) into model inputs, shared by training, eval and serving."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparrow_vllm.target.config import VIDEO_FPS
+
+
+def messages(question: str, answer: str | None = None) -> list[dict]:
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+def prompt_text(processor, question: str) -> str:
+    return processor.apply_chat_template(messages(question), add_generation_prompt=True, tokenize=False)
+
+
+def video_metadata(num_frames: int) -> dict:
+    """What vLLM's Qwen2.5-VL processing needs next to raw frames (all frames are used)."""
+    return {
+        "fps": VIDEO_FPS,
+        "duration": num_frames / VIDEO_FPS,
+        "total_num_frames": num_frames,
+        "frames_indices": list(range(num_frames)),
+        "video_backend": "numpy",
+        "do_sample_frames": False,
+    }
+
+
+def hf_inputs(processor, frames: np.ndarray, question: str, answer: str | None = None):
+    """Tokenized HF inputs; with ``answer`` also ``labels`` (-100 outside the answer).
+
+    The answer is tokenized on its own and appended, exactly as generation produces it.
+    """
+    import torch
+
+    inputs = processor(
+        text=[prompt_text(processor, question)], videos=[frames], return_tensors="pt",
+        videos_kwargs={"do_sample_frames": False, "fps": VIDEO_FPS},
+    )
+    inputs.pop("mm_token_type_ids", None)
+    if answer is not None:
+        ids = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        prompt_ids = inputs["input_ids"]
+        inputs["input_ids"] = torch.cat([prompt_ids, ids], 1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
+    return inputs
+
+
+def vllm_prompt(processor, frames: np.ndarray, question: str) -> dict:
+    """An offline ``LLM.generate`` prompt for a video question."""
+    return {
+        "prompt": prompt_text(processor, question),
+        "multi_modal_data": {"video": (frames, video_metadata(len(frames)))},
+    }

@@ -1,0 +1,97 @@
+"""Train the target's vision tower + merger on SparrowWorld, the LM frozen.
+
+Run once (tens of minutes on 2 cores, in the background); the result is committed as
+``assets/<target>/vision_parts.safetensors`` and ``sparrow build-target`` assembles from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sparrow_vllm.target.build import VISION_PARTS, build_model, vision_parts_of
+from sparrow_vllm.target.prompt import hf_inputs
+from sparrow_vllm.world import make_sample
+
+# Mostly short clips (cheap: the frozen 135M LM dominates the step), some longer ones so
+# the model sees events spread over time.
+FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
+
+
+def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
+                 log_every: int = 25) -> Path:
+    torch.manual_seed(seed)
+    torch.set_flush_denormal(True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, processor = build_model(None, seed=seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    visual = model.model.visual
+    for p in visual.parameters():
+        p.requires_grad_(True)
+    params = [p for p in visual.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    ckpt = out_dir / "checkpoint.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        visual.load_state_dict(state["visual"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        print(f"resumed at step {start}")
+    rng = random.Random(seed * 1_000_003 + start)
+    log = open(out_dir / "train_log.jsonl", "a")
+    model.train()
+    running = []
+    t0 = time.time()
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc="train vision"):
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(accum):
+            idx = (step * accum + micro) % 900_000
+            sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
+            inputs = hf_inputs(processor, sample.frames(), sample.question, sample.answer)
+            out = model(**inputs)
+            (out.loss / accum).backward()
+            loss_sum += out.loss.item() / accum
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss_sum)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
+                   "elapsed_s": round(time.time() - t0, 1)}
+            running = []
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            tqdm.write(json.dumps(rec))
+            torch.save({"visual": visual.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step + 1}, ckpt)
+    from safetensors.torch import save_file
+
+    path = out_dir / VISION_PARTS
+    save_file(vision_parts_of(model), str(path))
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("runs/target"))
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--accum", type=int, default=4)
+    a = ap.parse_args()
+    print(train_vision(a.out, a.steps, a.lr, a.accum))
