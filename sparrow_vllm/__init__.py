@@ -42,4 +42,7 @@ def register() -> None:
     from sparrow_vllm import _cpu_compat
 
     _cpu_compat.install_import_hook()
+    from sparrow_vllm import vllm_compat
+
+    vllm_compat.install()
     _registered = True

@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "world": "sparrow_vllm.world.cli",
     "build-target": "sparrow_vllm.target.cli",  # also train-target, eval-target
     "demo": "sparrow_vllm.demo",
+    "data": "sparrow_vllm.draft.cli",  # also train, eval-draft
 }
 
 

@@ -1,0 +1,135 @@
+"""``sparrow data`` / ``sparrow train`` / ``sparrow eval-draft``: the draft's pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _layers(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer ids like 2,15,27, got {s!r}") from e
+
+
+def _default_target() -> str:
+    from sparrow_vllm.target.paths import default_target_dir
+
+    return str(default_target_dir())
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    torch.set_flush_denormal(True)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("data", help="extract self-distillation data (target states at text positions)")
+    p.add_argument("--target", default=_default_target(), help="HF target dir (default: build_target()'s)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--start", type=int, default=0, help="first sample index of the split")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--frames", type=int)
+    g.add_argument("--visual-tokens", type=int, help="~visual tokens per video (frames derived)")
+    p.add_argument("--layers", type=_layers, default=[2, 8, 15, 22, 27],
+                   help="target layers whose input hidden states are stored (default 2,8,15,22,27)")
+    p.add_argument("--all-positions", action="store_true", help="also keep visual positions (EAGLE-3 baseline)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=16, help="samples per shard")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
+    p.set_defaults(run=run_data)
+
+    p = subparsers.add_parser("train", help="train a Sparrow draft (or the EAGLE-3 baseline)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--val-data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", help="target dir (default: the one recorded in the data manifest)")
+    p.add_argument("--recipe", default="sparrow", choices=["sparrow", "eagle3"])
+    p.add_argument("--anchor-layers", type=_layers, help="default: 15 (sparrow), 2,15,27 (eagle3)")
+    p.add_argument("--window", type=int, default=128)
+    p.add_argument("--mtp-depth", type=int, default=3)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--intermediate-size", type=int, default=1536)
+    p.add_argument("--draft-vocab", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--step-decay", type=float, default=0.8, help="MTP step weight decay")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--num-speculative-tokens", type=int, default=5, help="default k written to config.json")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(run=run_train)
+
+    p = subparsers.add_parser("eval-draft", help="offline greedy speculative decoding: mean accepted length")
+    p.add_argument("--target", default=_default_target())
+    p.add_argument("--draft", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--limit", type=int, help="at most this many samples")
+    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(run=run_eval_draft)
+
+
+def run_data(args) -> int:
+    from sparrow_vllm.draft.data import DataSpec, generate_dataset
+    from sparrow_vllm.world import frames_for_visual_tokens
+
+    _threads(args.threads)
+    frames = args.frames or frames_for_visual_tokens(args.visual_tokens)
+    spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
+                    all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
+                    shard_size=args.shard_size, start=args.start, dtype=args.dtype)
+    m = generate_dataset(args.target, args.out, spec)
+    shards = m["shards"].values()
+    n = sum(len(s["samples"]) for s in shards)
+    total = sum(s["bytes"] for s in shards)
+    print(json.dumps({"out": args.out, "samples": n, "bytes": total, "bytes_per_sample": total / max(n, 1),
+                      "rows_per_sample": sum(s["rows"] for s in shards) / max(n, 1)}))
+    return 0
+
+
+def run_train(args) -> int:
+    from sparrow_vllm.draft.train import TrainArgs, train
+
+    _threads(args.threads)
+    a = TrainArgs(data=args.data, out=args.out, recipe=args.recipe, anchor_layers=args.anchor_layers,
+                  window=args.window, mtp_depth=args.mtp_depth, num_layers=args.num_layers,
+                  intermediate_size=args.intermediate_size, draft_vocab=args.draft_vocab, steps=args.steps,
+                  batch_size=args.batch_size, lr=args.lr, step_decay=args.step_decay, seed=args.seed,
+                  val_data=args.val_data, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+                  resume=args.resume, target=args.target, num_speculative_tokens=args.num_speculative_tokens)
+    train(a)
+    return 0
+
+
+def run_eval_draft(args) -> int:
+    from sparrow_vllm.draft.evaluate import format_table, run_eval
+
+    _threads(args.threads)
+    rep = run_eval(args.target, args.draft, args.data, args.k, limit=args.limit, out=args.out)
+    print(format_table(rep["results"], f"{args.draft} on {args.data} ({rep['samples']} samples, "
+                                       f"~{rep['visual_tokens']} visual tokens)"))
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m sparrow_vllm.draft.cli COMMAND ...`` (same as ``sparrow COMMAND``)."""
+    parser = argparse.ArgumentParser(prog="sparrow-draft")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

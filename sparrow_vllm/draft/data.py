@@ -1,0 +1,303 @@
+"""``sparrow data``: self-distillation data for the draft, from the target's own greedy answers.
+
+For each SparrowWorld sample the target (transformers) greedily answers the question; the
+hidden states of the requested layers come from that same generate call (prefill + decode
+steps, as vLLM computes them). Stored per kept position (TEXT positions only, unless
+``all_positions`` for the full-context baseline), concatenated over the samples of a shard::
+
+    ids         int32 [N]         token at the position
+    greedy      int32 [N]         target's greedy next token (-1 where not computed: prompt)
+    seq_pos     int32 [N]         position in the full target sequence
+    text_index  int32 [N]         index among the text positions (-1: visual)
+    t_pos       int32 [N]         mRoPE temporal position (what vLLM gives a 1-D draft)
+    hidden      fp16  [N, A, H]   HF hidden_states[l] (= input of decoder layer l) per layer
+    offsets     int64 [S + 1]     sample s is rows offsets[s]:offsets[s+1]
+    response_start int32 [S]      row (within the sample) of the first generated token
+
+``manifest.json`` records the target identity, the settings and each finished shard;
+a shard counts as done only once listed there (files are written to a temp name and
+renamed first), so an interrupted run resumes where it stopped and redoes a half shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class DataMismatchError(ValueError):
+    """A dataset does not belong to the given target / draft / settings."""
+
+
+# ---- target identity ------------------------------------------------------------------------
+def target_fingerprint(target_dir) -> str:
+    """sha256 over the target's weight files (names, sizes, first/last MiB): tells two
+    checkpoints of the same architecture apart (e.g. before/after vision training)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(target_dir).glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def target_identity(target_dir, config) -> dict:
+    tc = config.text_config
+    name = Path(target_dir).name
+    stamp = Path(target_dir) / "sparrow_target.json"
+    if stamp.exists():
+        name = json.loads(stamp.read_text()).get("name", name)
+    return {
+        "name": name, "path": str(Path(target_dir).resolve()), "fingerprint": target_fingerprint(target_dir),
+        "hidden_size": tc.hidden_size, "num_layers": tc.num_hidden_layers, "vocab_size": tc.vocab_size,
+        "video_token_id": config.video_token_id, "image_token_id": config.image_token_id,
+    }
+
+
+def check_target(manifest: dict, identity: dict, what: str) -> None:
+    got = manifest["target"]
+    for key in ("fingerprint", "hidden_size", "num_layers", "vocab_size"):
+        if got.get(key) != identity.get(key):
+            raise DataMismatchError(
+                f"{what} was extracted from target {got.get('name')!r} ({key}={got.get(key)}) but --target "
+                f"is {identity.get('name')!r} ({key}={identity.get(key)}): re-extract with "
+                f"`sparrow data --target {identity.get('path')}` or pass the matching --target")
+
+
+def check_draft_compatible(manifest: dict, cfg) -> None:
+    """The dataset can feed this draft config (same target dims; anchors stored; positions)."""
+    t = manifest["target"]
+    for key, field in (("hidden_size", "target_hidden_size"), ("num_layers", "target_num_layers"),
+                       ("vocab_size", "target_vocab_size")):
+        if t[key] != getattr(cfg, field):
+            raise DataMismatchError(f"dataset target {key}={t[key]} but draft config {field}="
+                                    f"{getattr(cfg, field)}: this data is for another target")
+    missing = [l for l in cfg.anchor_layers if l not in manifest["layers"]]
+    if missing:
+        raise DataMismatchError(f"draft anchor_layers {cfg.anchor_layers} need layers {missing} that the "
+                                f"dataset does not store (it has {manifest['layers']}); re-extract with --layers")
+    if not cfg.text_only and not manifest["all_positions"]:
+        raise DataMismatchError("the full-context (eagle3) draft needs visual positions: extract with --all-positions")
+
+
+# ---- one sample -------------------------------------------------------------------------------
+def mrope_t_positions(model, input_ids: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
+    """``[T]`` temporal mRoPE component for ``input_ids [T]``, with vLLM's video timing
+    (``second_per_grid_ts = temporal_patch_size / VIDEO_FPS``)."""
+    from sparrow_vllm.target.config import VIDEO_FPS
+
+    cfg = model.config
+    mm = torch.zeros_like(input_ids)[None]
+    mm[0, input_ids == cfg.video_token_id] = 2
+    mm[0, input_ids == cfg.image_token_id] = 1
+    sec = torch.tensor([cfg.vision_config.temporal_patch_size / VIDEO_FPS] * len(video_grid_thw))
+    pos, _ = model.model.get_rope_index(input_ids[None], mm, video_grid_thw=video_grid_thw,
+                                        second_per_grid_ts=sec)
+    return pos[0, 0]
+
+
+@torch.no_grad()
+def extract_sample(model, processor, frames, question: str, layers: list[int], all_positions: bool,
+                   max_new_tokens: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
+    """Greedy answer + states of one sample; tensors as in the module docstring (one sample)."""
+    from sparrow_vllm.target.prompt import hf_inputs
+
+    inputs = hf_inputs(processor, frames, question)
+    prompt_len = inputs["input_ids"].shape[1]
+    tok = processor.tokenizer
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    if model.generation_config.eos_token_id is not None:
+        e = model.generation_config.eos_token_id
+        eos += e if isinstance(e, list) else [e]
+    model.model.rope_deltas = None
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
+                         output_hidden_states=True, return_dict_in_generate=True)
+    seq = out.sequences[0]                      # [T] prompt + response
+    steps = out.hidden_states                   # per decode step: tuple over L+1 of [1, t, H]
+    num_layers = model.config.text_config.num_hidden_layers
+    # The last generated token is never fed back, so its states do not exist: zeros (the
+    # draft never reads that row: no query comes after the final token).
+    per_layer = []
+    for l in layers:
+        parts = [steps[0][l][0]] + [st[l][0] for st in steps[1:]]
+        h = torch.cat(parts, 0)
+        if l == num_layers:
+            raise ValueError("anchor layer == num_layers: HF returns the final-normed state there, "
+                             "vLLM the pre-norm one; use a layer id < num_layers")
+        per_layer.append(torch.cat([h, h.new_zeros(len(seq) - len(h), h.shape[1])], 0))
+    hidden = torch.stack(per_layer, 1)          # [T, A, H]
+    T = len(seq)
+    greedy = torch.full((T,), -1, dtype=torch.long)
+    greedy[prompt_len - 1:T - 1] = seq[prompt_len:]
+    cfg = model.config
+    is_text = (seq != cfg.video_token_id) & (seq != cfg.image_token_id)
+    text_index = torch.cumsum(is_text.long(), 0) - 1
+    text_index[~is_text] = -1
+    t_pos = mrope_t_positions(model, seq, inputs["video_grid_thw"])
+    keep = torch.ones(T, dtype=torch.bool) if all_positions else is_text
+    rows = keep.nonzero()[:, 0]
+    response_start = int((rows < prompt_len).sum())
+    return {
+        "ids": seq[rows].int(), "greedy": greedy[rows].int(), "seq_pos": rows.int(),
+        "text_index": text_index[rows].int(), "t_pos": t_pos[rows].int(),
+        "hidden": hidden[rows].to(dtype).contiguous(),
+        "response_start": torch.tensor([response_start], dtype=torch.int32),
+    }
+
+
+def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
+    lengths = [len(s["ids"]) for s in samples]
+    out = {k: torch.cat([s[k] for s in samples], 0).contiguous() for k in samples[0]}
+    out["offsets"] = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long)
+    return out
+
+
+def unpack(tensors: dict[str, torch.Tensor]) -> list[dict]:
+    off = tensors["offsets"].tolist()
+    out = []
+    for s in range(len(off) - 1):
+        d = {k: v[off[s]:off[s + 1]] for k, v in tensors.items() if k not in ("offsets", "response_start")}
+        d["response_start"] = int(tensors["response_start"][s])
+        out.append(d)
+    return out
+
+
+# ---- the command ---------------------------------------------------------------------------
+@dataclass
+class DataSpec:
+    split: str
+    n: int
+    num_frames: int
+    layers: list[int]
+    all_positions: bool = False
+    max_new_tokens: int = 64
+    shard_size: int = 16
+    start: int = 0
+    dtype: str = "float16"
+
+    def settings(self) -> dict:
+        return {"split": self.split, "num_frames": self.num_frames, "layers": list(self.layers),
+                "all_positions": self.all_positions, "max_new_tokens": self.max_new_tokens,
+                "shard_size": self.shard_size, "start": self.start, "dtype": self.dtype}
+
+
+def load_manifest(data_dir) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a dataset written by `sparrow data`")
+    return json.loads(path.read_text())
+
+
+def _write_manifest(data_dir: Path, manifest: dict) -> None:
+    tmp = data_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, data_dir / MANIFEST)
+
+
+def generate_dataset(target_dir, out_dir, spec: DataSpec, model=None, processor=None,
+                     progress: bool = True, stop_after_shards: int | None = None) -> dict:
+    """Extract (or resume extracting) ``spec`` into ``out_dir``; returns the manifest.
+
+    ``model``/``processor`` may be passed in (tests); else loaded from ``target_dir`` in fp32.
+    ``stop_after_shards``: write at most that many new shards, then return (tests/interrupts).
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from sparrow_vllm.world import make_sample
+
+    if model is None:
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(target_dir), dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(str(target_dir))
+    identity = target_identity(target_dir, model.config)
+    L = model.config.text_config.num_hidden_layers
+    bad = [l for l in spec.layers if not 1 <= l < L]
+    if bad or spec.layers != sorted(set(spec.layers)):
+        raise ValueError(f"--layers {spec.layers}: need distinct ascending layer ids in [1, {L - 1}]")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        check_target(manifest, identity, str(out_dir))
+        old = {k: v for k, v in manifest["settings"].items()}
+        new = spec.settings()
+        if old != new:
+            diff = {k: (old.get(k), new[k]) for k in new if old.get(k) != new[k]}
+            raise DataMismatchError(f"{out_dir} holds a dataset with other settings {diff} "
+                                    "(old, new): use another --out or the same arguments")
+    else:
+        manifest = {"format_version": FORMAT_VERSION, "target": identity, "settings": spec.settings(),
+                    "layers": list(spec.layers), "all_positions": spec.all_positions,
+                    "hidden_dtype": spec.dtype, "n": 0, "shards": {}}
+    manifest["n"] = max(manifest.get("n", 0), spec.n)
+    num_shards = (spec.n + spec.shard_size - 1) // spec.shard_size
+    todo = [k for k in range(num_shards) if str(k) not in manifest["shards"]
+            or len(manifest["shards"][str(k)]["samples"]) < min(spec.shard_size, spec.n - k * spec.shard_size)]
+    done = sum(len(manifest["shards"][str(k)]["samples"]) for k in range(num_shards) if str(k) not in todo
+               and str(k) in manifest["shards"])
+    bar = tqdm(total=spec.n, initial=done, desc=f"data {spec.split}", unit="sample", disable=not progress)
+    written = 0
+    for k in todo:
+        if stop_after_shards is not None and written >= stop_after_shards:
+            break
+        indices = range(spec.start + k * spec.shard_size, spec.start + min(spec.n, (k + 1) * spec.shard_size))
+        samples, ids = [], []
+        for i in indices:
+            s = make_sample(spec.split, i, spec.num_frames)
+            rec = extract_sample(model, processor, s.frames(), s.question, spec.layers, spec.all_positions,
+                                 spec.max_new_tokens, DTYPES[spec.dtype])
+            samples.append(rec)
+            ids.append(s.id)
+            bar.update(1)
+        name = f"shard-{k:05d}.safetensors"
+        tmp = out_dir / (name + ".tmp")
+        save_file(pack(samples), str(tmp))
+        os.replace(tmp, out_dir / name)
+        manifest["shards"][str(k)] = {
+            "file": name, "samples": ids, "bytes": (out_dir / name).stat().st_size,
+            "rows": int(sum(len(r["ids"]) for r in samples)),
+            "text_rows": int(sum(int((r["text_index"] >= 0).sum()) for r in samples)),
+        }
+        _write_manifest(out_dir, manifest)
+        written += 1
+    bar.close()
+    return manifest
+
+
+def load_samples(data_dir, layers: list[int] | None = None, limit: int | None = None) -> tuple[dict, list[dict]]:
+    """``(manifest, samples)``; each sample's ``hidden`` is ``[n, A', H]`` for ``layers`` (in
+    the order given; default all stored)."""
+    from safetensors.torch import load_file
+
+    manifest = load_manifest(data_dir)
+    stored = manifest["layers"]
+    sel = None if layers is None else [stored.index(l) for l in layers]
+    out = []
+    for k in sorted(manifest["shards"], key=int):
+        for s, sid in zip(unpack(load_file(str(Path(data_dir) / manifest["shards"][k]["file"]))),
+                          manifest["shards"][k]["samples"]):
+            if sel is not None:
+                s["hidden"] = s["hidden"][:, sel]
+            s["id"] = sid
+            out.append(s)
+            if limit is not None and len(out) >= limit:
+                return manifest, out
+    return manifest, out

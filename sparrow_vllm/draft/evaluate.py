@@ -1,0 +1,115 @@
+"""``sparrow eval-draft``: greedy speculative decoding simulated offline (no vLLM).
+
+The data holds the target's greedy trajectory and its hidden states (self-distilled), so a
+target verification step is a lookup. Per round, with the target having just sampled the
+token at draft index c (so target states exist for indices 0..c-1):
+
+1. the draft K/V at every index j <= c-1 comes from ``(token[j+1], fc(h[j]))`` at RoPE
+   position ``positions[j]`` (``propose.prefill``; indices are text rows for Sparrow, all rows
+   for the baseline);
+2. the draft proposes a greedy chain of k tokens from origin c-1 (``propose.draft_chain``);
+3. accepted = longest prefix equal to the target's greedy tokens ``token[c+1..]``; the
+   target emits accepted + 1 tokens (bonus), c advances by that much.
+
+Mean accepted length tau = tokens per target step = 1 + accepted drafts per round (vLLM's
+``mean acceptance length``). The target's first token (from prefill) is not a round.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from sparrow_vllm.draft.model import SparrowDraftModel
+from sparrow_vllm.draft.propose import draft_chain, prefill
+from sparrow_vllm.draft.train import draft_sequence
+
+
+@torch.no_grad()
+def simulate_sample(model: SparrowDraftModel, sample: dict, ks: list[int]) -> dict[int, list[int]]:
+    """Accepted draft count of every round for each k (one sample)."""
+    seq = draft_sequence(sample, model.config)
+    ids, pos, rs = seq["ids"], seq["positions"], seq["response_start"]
+    n = len(ids)
+    if rs < 1 or rs >= n:
+        return {k: [] for k in ks}
+    g = model.combine_hidden_states(seq["hidden"].float())
+    next_ids = torch.cat([ids[1:], ids.new_zeros(1)])
+    first = rs - 1
+    prenorm, kv = prefill(model, next_ids, g, pos, query_from=first)
+    out = {}
+    for k in ks:
+        acc = []
+        c = rs
+        while c < n - 1:
+            origin = c - 1
+            toks, _ = draft_chain(model, kv, origin, prenorm[origin - first], int(pos[origin]), k)
+            limit = min(k, n - 1 - c)
+            a = 0
+            while a < limit and toks[a] == int(ids[c + 1 + a]):
+                a += 1
+            acc.append(a)
+            c += a + 1
+        out[k] = acc
+    return out
+
+
+def summarize(per_sample: list[dict[int, list[int]]], ks: list[int]) -> dict:
+    res = {}
+    for k in ks:
+        acc = np.array([a for s in per_sample for a in s[k]], dtype=np.int64)
+        rounds = len(acc)
+        res[str(k)] = {
+            "tau": float(1 + acc.mean()) if rounds else float("nan"),
+            "rounds": int(rounds),
+            "accepted": int(acc.sum()),
+            "acceptance_per_position": [float((acc >= s).mean()) if rounds else float("nan")
+                                        for s in range(1, k + 1)],
+        }
+    return res
+
+
+def evaluate(model: SparrowDraftModel, samples: list[dict], ks: list[int], progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    per_sample = [simulate_sample(model, s, ks) for s in tqdm(samples, desc="eval-draft", disable=not progress)]
+    return summarize(per_sample, ks)
+
+
+def format_table(res: dict, title: str = "") -> str:
+    ks = list(res)
+    kmax = max(int(k) for k in ks)
+    head = "| k | tau | rounds | " + " | ".join(f"acc@{s}" for s in range(1, kmax + 1)) + " |"
+    lines = [title, head, "|" + "---|" * (3 + kmax)] if title else [head, "|" + "---|" * (3 + kmax)]
+    for k in ks:
+        r = res[k]
+        accs = [f"{x:.3f}" for x in r["acceptance_per_position"]] + [""] * (kmax - int(k))
+        lines.append(f"| {k} | {r['tau']:.3f} | {r['rounds']} | " + " | ".join(accs) + " |")
+    return "\n".join(lines)
+
+
+def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None = None,
+             out: str | None = None, progress: bool = True) -> dict:
+    from transformers import AutoConfig
+
+    from sparrow_vllm.draft.data import check_draft_compatible, check_target, load_samples, target_identity
+    from sparrow_vllm.draft.export import load_draft
+    from sparrow_vllm.world import visual_tokens
+
+    model = load_draft(draft_dir, target_dir=target_dir)
+    cfg = model.config
+    manifest, samples = load_samples(data_dir, layers=cfg.anchor_layers, limit=limit)
+    check_target(manifest, target_identity(target_dir, AutoConfig.from_pretrained(str(target_dir))), str(data_dir))
+    check_draft_compatible(manifest, cfg)
+    res = evaluate(model, samples, ks, progress)
+    report = {"draft": str(draft_dir), "data": str(data_dir), "recipe": cfg.recipe,
+              "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
+              "attention": cfg.attention, "samples": len(samples),
+              "visual_tokens": visual_tokens(manifest["settings"]["num_frames"]),
+              "results": res}
+    if out:
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+    return report

@@ -1,0 +1,307 @@
+"""``sparrow train``: the draft with VATA masks identical to inference and the MTP unroll.
+
+Loss: cross-entropy on the target's greedy next tokens (self-distillation data), summed
+over MTP steps with weights ``step_decay ** (s - 1)``; only origins whose label is a token
+the target generated count. Deterministic for a ``--seed`` (data order is a pure function of
+seed and epoch), checkpointed every ``--ckpt-every`` steps, resumable with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparrow_vllm.draft.config import SparrowDraftConfig
+from sparrow_vllm.draft.data import check_draft_compatible, load_samples
+from sparrow_vllm.draft.export import save_draft
+from sparrow_vllm.draft.model import SparrowDraftModel, mtp_unroll, shift
+
+
+# ---- samples -> draft sequences ------------------------------------------------------------
+def draft_sequence(sample: dict, cfg: SparrowDraftConfig) -> dict:
+    """The rows a draft of ``cfg`` sees: text rows (Sparrow) or all rows (baseline), with its
+    RoPE positions (text index / mRoPE t) and the first response row."""
+    if cfg.text_only:
+        keep = sample["text_index"] >= 0
+        rs = int(keep[: sample["response_start"]].sum())
+        pos = torch.arange(int(keep.sum()))
+    else:
+        keep = torch.ones(len(sample["ids"]), dtype=torch.bool)
+        rs = sample["response_start"]
+        pos = sample["t_pos"].long()
+    h = sample["hidden"][keep]
+    return {"ids": sample["ids"][keep].long(), "greedy": sample["greedy"][keep].long(),
+            "positions": pos, "hidden": h.reshape(h.shape[0], -1), "response_start": rs}
+
+
+def collate(seqs: list[dict], depth: int, num_layers: int):
+    """Batch with a common ``query_from``: each sample's context (rows that only give K/V) is
+    left-padded to the same length C and its origin rows right-padded, so relative indices
+    between real rows are unchanged. Returns dict of tensors and C."""
+    q0 = [max(0, s["response_start"] - 1 - depth) if num_layers == 1 else 0 for s in seqs]
+    C = max(q0)
+    M = max(len(s["ids"]) - q for s, q in zip(seqs, q0))
+    B, H = len(seqs), seqs[0]["hidden"].shape[1]
+    n = C + M
+    ids = torch.zeros(B, n, dtype=torch.long)
+    greedy = torch.full((B, n), -1, dtype=torch.long)
+    pos = torch.zeros(B, n, dtype=torch.long)
+    hid = torch.zeros(B, n, H)
+    valid = torch.zeros(B, n, dtype=torch.bool)
+    for b, (s, q) in enumerate(zip(seqs, q0)):
+        L = len(s["ids"])
+        a = C - q  # left pad
+        ids[b, a:a + L] = s["ids"]
+        greedy[b, a:a + L] = s["greedy"]
+        pos[b, a:a + L] = s["positions"]
+        hid[b, a:a + L] = s["hidden"].float()
+        valid[b, a:a + L] = True
+        if a:  # pads take positions that keep RoPE finite; they are never read
+            pos[b, :a] = 0
+    return {"ids": ids, "greedy": greedy, "positions": pos, "hidden": hid, "valid": valid}, C
+
+
+def build_vocab(samples: list[dict], size: int, eos_ids: list[int], target_vocab: int) -> torch.Tensor:
+    """Draft vocabulary (ascending target ids): EOS ids, then the most frequent tokens the
+    target generated, then the most frequent other stored text tokens, up to ``size``."""
+    if size >= target_vocab:
+        return torch.arange(target_vocab)
+    resp, other = Counter(), Counter()
+    for s in samples:
+        g = s["greedy"][s["greedy"] >= 0].tolist()
+        resp.update(g)
+        other.update(s["ids"][s["text_index"] >= 0].tolist())
+    chosen = list(dict.fromkeys([e for e in eos_ids if 0 <= e < target_vocab]))
+    for tok, _ in resp.most_common() + other.most_common():
+        if len(chosen) >= size:
+            break
+        if tok not in chosen:
+            chosen.append(tok)
+    i = 0
+    while len(chosen) < size:  # tiny datasets: pad with low ids
+        if i not in chosen:
+            chosen.append(i)
+        i += 1
+    return torch.tensor(sorted(chosen))
+
+
+# ---- loss / metrics ----------------------------------------------------------------------------
+def mtp_loss(model: SparrowDraftModel, batch: dict, C: int, depth: int, step_decay: float,
+             t2d_table: torch.Tensor):
+    """Returns ``(loss, correct[s], count[s])`` (per-step top-1 on labelled origins)."""
+    g = model.combine_hidden_states(batch["hidden"])
+    outs = mtp_unroll(model, batch["ids"], g, batch["positions"], batch["valid"], depth, query_from=C)
+    loss = 0.0
+    correct, count = [], []
+    for s, prenorm in enumerate(outs, start=1):
+        label_t = shift(batch["greedy"], s, fill=-1)[:, C:]       # target id at origin+s
+        has = label_t >= 0
+        label_d = torch.where(has, t2d_table[label_t.clamp_min(0)], -1)
+        logits = model.logits(prenorm)
+        lg = logits[has]
+        ld = label_d[has]
+        if lg.shape[0]:
+            ce = F.cross_entropy(lg, ld.clamp_min(0), reduction="none")
+            ce = ce[ld >= 0]
+            if ce.numel():
+                loss = loss + step_decay ** (s - 1) * ce.mean()
+            correct.append(int(((lg.argmax(-1) == ld) & (ld >= 0)).sum()))
+        else:
+            correct.append(0)
+        count.append(int(has.sum()))
+    return loss, correct, count
+
+
+@torch.no_grad()
+def evaluate_acc(model, seqs, depth, t2d_table, batch_size=16) -> dict:
+    model.eval()
+    tot_c = np.zeros(depth)
+    tot_n = np.zeros(depth)
+    tot_loss, nb = 0.0, 0
+    for i in range(0, len(seqs), batch_size):
+        batch, C = collate(seqs[i:i + batch_size], depth, model.config.num_layers)
+        loss, c, n = mtp_loss(model, batch, C, depth, 1.0, t2d_table)
+        tot_c += c
+        tot_n += n
+        tot_loss += float(loss)
+        nb += 1
+    model.train()
+    return {"val_loss": tot_loss / max(nb, 1),
+            **{f"acc@{s + 1}": float(tot_c[s] / max(tot_n[s], 1)) for s in range(depth)}}
+
+
+# ---- training loop ---------------------------------------------------------------------------
+@dataclass
+class TrainArgs:
+    data: str
+    out: str
+    recipe: str = "sparrow"
+    anchor_layers: list[int] | None = None
+    window: int = 128
+    mtp_depth: int = 3
+    num_layers: int = 1
+    intermediate_size: int = 1536
+    draft_vocab: int = 2048
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 50
+    step_decay: float = 0.8
+    seed: int = 0
+    val_data: str | None = None
+    val_limit: int = 64
+    eval_every: int = 200
+    ckpt_every: int = 200
+    resume: bool = False
+    target: str | None = None
+    num_speculative_tokens: int = 5
+    progress: bool = True
+    stop_after: int | None = None  # stop (checkpointed, not exported) after this many steps: tests
+
+
+def _target_parts(target_dir, cfg: SparrowDraftConfig):
+    """The target's embedding (frozen input), final norm and its lm_head rows (initialisation)."""
+    from safetensors import safe_open
+
+    from sparrow_vllm.draft.export import load_target_embedding
+
+    embed = load_target_embedding(target_dir)
+    norm = None
+    for f in sorted(Path(target_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                if k.endswith("model.norm.weight") or k.endswith("language_model.norm.weight"):
+                    norm = st.get_tensor(k).float()
+    return embed, norm
+
+
+def train(a: TrainArgs, log=print) -> Path:
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, samples = load_samples(a.data)
+    t = manifest["target"]
+    target_dir = a.target or t["path"]
+    from transformers import AutoConfig
+
+    tcfg = AutoConfig.from_pretrained(target_dir)
+    overrides = dict(window_size=a.window, mtp_depth=a.mtp_depth, num_layers=a.num_layers,
+                     intermediate_size=a.intermediate_size, num_speculative_tokens=a.num_speculative_tokens,
+                     verifier_name_or_path=t["name"])
+    if a.anchor_layers:
+        overrides["anchor_layers"] = sorted(a.anchor_layers)
+    cfg = SparrowDraftConfig.for_target(tcfg, recipe=a.recipe, **overrides)
+    from sparrow_vllm.draft.data import check_target, target_identity
+
+    check_target(manifest, target_identity(target_dir, tcfg), a.data)
+    check_draft_compatible(manifest, cfg)
+    stored = manifest["layers"]
+    sel = [stored.index(l) for l in cfg.anchor_layers]
+    for s in samples:
+        s["hidden"] = s["hidden"][:, sel]
+    tok_eos = [tcfg.text_config.eos_token_id] if isinstance(tcfg.text_config.eos_token_id, int) else list(
+        tcfg.text_config.eos_token_id or [])
+    try:
+        from transformers import AutoTokenizer
+
+        tok_eos.append(AutoTokenizer.from_pretrained(target_dir).convert_tokens_to_ids("<|im_end|>"))
+    except Exception:  # noqa: BLE001 - a tokenizer-less target still has eos in its config
+        pass
+    vocab = build_vocab(samples, a.draft_vocab, tok_eos, cfg.target_vocab_size)
+    cfg = cfg.replace(draft_vocab_size=len(vocab))
+    embed, norm = _target_parts(target_dir, cfg)
+    model = SparrowDraftModel(cfg, embed)
+    model.set_vocab(vocab)
+    with torch.no_grad():  # start from the target's own readout
+        model.lm_head.weight.copy_(embed[vocab])
+        if norm is not None:
+            model.norm.weight.copy_(norm)
+    t2d_table = model.target_to_draft(torch.arange(cfg.target_vocab_size))
+    seqs = [draft_sequence(s, cfg) for s in samples]
+    val_seqs = []
+    if a.val_data:
+        vman, vs = load_samples(a.val_data, limit=a.val_limit)
+        check_draft_compatible(vman, cfg)
+        vsel = [vman["layers"].index(l) for l in cfg.anchor_layers]
+        for s in vs:
+            s["hidden"] = s["hidden"][:, vsel]
+        val_seqs = [draft_sequence(s, cfg) for s in vs]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def lr_at(step):
+        if step < a.warmup:
+            return a.lr * (step + 1) / a.warmup
+        return a.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))))
+
+    ckpt = out / "checkpoint.pt"
+    step = 0
+    if a.resume and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        if st["config"] != cfg.to_speculators_dict():
+            raise ValueError(f"{ckpt} was trained with another config; use another --out or the same args")
+        model.load_state_dict(st["model"], strict=False)
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+        torch.set_rng_state(st["rng"])
+        log(f"resumed from {ckpt} at step {step}")
+    per_epoch = max(1, len(seqs) // a.batch_size)
+
+    def batch_at(step):
+        epoch, k = divmod(step, per_epoch)
+        order = np.random.default_rng([a.seed, epoch]).permutation(len(seqs))
+        return [seqs[i] for i in order[k * a.batch_size:(k + 1) * a.batch_size]]
+
+    from tqdm import tqdm
+
+    log_path = out / "train_log.jsonl"
+    bar = tqdm(total=a.steps, initial=step, desc=f"train {a.recipe}", disable=not a.progress)
+    model.train()
+    t0, run_loss = time.time(), []
+    metrics = {}
+    while step < a.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        batch, C = collate(batch_at(step), a.mtp_depth, cfg.num_layers)
+        loss, c, n = mtp_loss(model, batch, C, a.mtp_depth, a.step_decay, t2d_table)
+        opt.zero_grad(set_to_none=True)
+        if torch.is_tensor(loss):
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        step += 1
+        run_loss.append(float(loss.detach()) if torch.is_tensor(loss) else float(loss))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(run_loss[-20:]):.3f}", acc1=f"{c[0] / max(n[0], 1):.2f}")
+        last = step == a.steps
+        if val_seqs and (step % a.eval_every == 0 or last):
+            metrics = evaluate_acc(model, val_seqs, a.mtp_depth, t2d_table)
+        if step % a.eval_every == 0 or last:
+            rec = {"step": step, "loss": float(np.mean(run_loss[-a.eval_every:])), "lr": lr_at(step - 1),
+                   "elapsed_s": round(time.time() - t0, 1), **metrics}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.write(json.dumps(rec))
+        if step % a.ckpt_every == 0 or last or step == a.stop_after:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "rng": torch.get_rng_state(), "config": cfg.to_speculators_dict()}, tmp)
+            tmp.replace(ckpt)
+        if a.stop_after is not None and step >= a.stop_after and not last:
+            bar.close()
+            return out
+    bar.close()
+    extra = {"args": {k: v for k, v in vars(a).items()}, "final": metrics, "steps": step,
+             "train_samples": len(seqs), "data": a.data, "target": t}
+    save_draft(model, out, extra=extra)
+    log(f"exported draft to {out}")
+    return out

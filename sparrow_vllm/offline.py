@@ -1,0 +1,134 @@
+"""Run the embedded target through vLLM offline, with or without Sparrow; JSON in, JSON out.
+
+Each engine runs in its own process (``python -m sparrow_vllm.offline SPEC.json``) so
+tests, the demo and benchmarks can compare engines side by side without one engine's
+memory or threads leaking into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPEC_METRICS = (
+    "vllm:spec_decode_num_drafts",
+    "vllm:spec_decode_num_draft_tokens",
+    "vllm:spec_decode_num_accepted_tokens",
+    "vllm:spec_decode_num_accepted_tokens_per_pos",
+)
+
+
+def world_prompt_specs(split: str, indices, frames, question: str | None = None) -> list[dict]:
+    """Prompt descriptions (JSON-able): SparrowWorld samples, or ``frames=0`` for text only."""
+    frames = frames if isinstance(frames, (list, tuple)) else [frames] * len(indices)
+    return [{"split": split, "index": int(i), "frames": int(f), "question": question}
+            for i, f in zip(indices, frames)]
+
+
+def _build_prompts(processor, specs: list[dict]) -> list[dict]:
+    from sparrow_vllm.target.prompt import prompt_text, vllm_prompt
+    from sparrow_vllm.world import make_sample
+
+    prompts = []
+    for s in specs:
+        if s.get("text") is not None:
+            prompts.append({"prompt": processor.apply_chat_template(
+                [{"role": "user", "content": s["text"]}], add_generation_prompt=True, tokenize=False)})
+            continue
+        sample = make_sample(s["split"], s["index"], max(16, s["frames"]))
+        question = s.get("question") or sample.question
+        if s["frames"] == 0:
+            prompts.append({"prompt": prompt_text(processor, question)
+                            .replace("<|vision_start|><|video_pad|><|vision_end|>", "")})
+        else:
+            prompts.append(vllm_prompt(processor, sample.frames(), question))
+    return prompts
+
+
+def _spec_metrics(llm) -> dict:
+    out = {}
+    for m in llm.get_metrics():
+        if m.name in SPEC_METRICS:
+            out[m.name.split(":")[1]] = getattr(m, "values", None) or getattr(m, "value", 0)
+    drafts = out.get("spec_decode_num_drafts", 0) or 0
+    acc = out.get("spec_decode_num_accepted_tokens", 0) or 0
+    per_pos = out.get("spec_decode_num_accepted_tokens_per_pos") or []
+    return {
+        "num_drafts": drafts,
+        "num_draft_tokens": out.get("spec_decode_num_draft_tokens", 0) or 0,
+        "num_accepted_tokens": acc,
+        "mean_accepted_length": (1 + acc / drafts) if drafts else None,
+        "acceptance_per_position": [a / drafts for a in per_pos] if drafts else [],
+    }
+
+
+def run_engine(spec: dict) -> dict:
+    """``spec``: target, prompts, sampling, speculative_config, engine (LLM kwargs)."""
+    from sparrow_vllm.cpu_env import apply_cpu_defaults
+
+    apply_cpu_defaults(spec.get("kv_cache_gib", 4))
+    from transformers import AutoProcessor
+    from vllm import LLM, SamplingParams
+
+    target = spec["target"]
+    kwargs = dict(model=target, dtype="float32", enforce_eager=True, max_model_len=32768,
+                  max_num_seqs=4, disable_log_stats=False, enable_prefix_caching=True, seed=0,
+                  limit_mm_per_prompt={"video": 1, "image": 1})
+    kwargs.update(spec.get("engine", {}))
+    if spec.get("speculative_config"):
+        kwargs["speculative_config"] = spec["speculative_config"]
+    t0 = time.perf_counter()
+    llm = LLM(**kwargs)
+    engine_s = time.perf_counter() - t0
+    processor = AutoProcessor.from_pretrained(target)
+    prompts = _build_prompts(processor, spec["prompts"])
+    sampling = SamplingParams(**{"temperature": 0.0, "max_tokens": 64, **spec.get("sampling", {})})
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, sampling, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    results = []
+    for o in outs:
+        c = o.outputs[0]
+        m = o.metrics
+        decode_s = (m.last_token_ts - m.first_token_ts) if m is not None else None
+        results.append({
+            "prompt_tokens": len(o.prompt_token_ids), "token_ids": list(c.token_ids), "text": c.text,
+            "finish_reason": c.finish_reason,
+            "ttft_s": (m.first_token_ts - m.scheduled_ts) if m is not None else None,
+            "decode_s": decode_s,
+            "decode_tok_s": ((len(c.token_ids) - 1) / decode_s) if decode_s else None,
+        })
+    return {"engine_start_s": engine_s, "generate_s": wall, "outputs": results, "spec": _spec_metrics(llm)}
+
+
+def run_engine_subprocess(spec: dict, timeout: float = 1800, log: Path | None = None) -> dict:
+    """Runs :func:`run_engine` in a fresh Python process; raises with its log tail on failure."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.offline", str(spec_path), str(out_path)],
+                              capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+        if log is not None:
+            log.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not out_path.exists():
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            raise RuntimeError(f"vLLM engine run failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(out_path.read_text())
+
+
+def main(argv=None) -> int:
+    argv = argv or sys.argv[1:]
+    spec = json.loads(Path(argv[0]).read_text())
+    result = run_engine(spec)
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

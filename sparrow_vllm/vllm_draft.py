@@ -1,0 +1,96 @@
+"""The Sparrow draft inside vLLM: vLLM's EAGLE-3 Llama draft with text-window attention.
+
+Weights, fusion of the anchor-layer states (``fc``), the decoder layer and the reduced
+vocabulary are exactly vLLM 0.32's ``Eagle3LlamaForCausalLM`` (so its loader, d2t map and
+embedding sharing are reused). Only attention differs (VATA): queries attend over the last
+``window_size`` *text* positions of their request, read from the draft's paged KV through
+``kernels.text_window_attention``; visual positions are never part of the draft sequence.
+RoPE positions are text indices, given by :class:`sparrow_vllm.proposer.SparrowProposer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels import text_window_attention
+from sparrow_vllm import draft_context
+
+# vLLM 0.32: vllm.model_executor.models.llama_eagle3.Eagle3LlamaForCausalLM (the proposer
+# asserts the draft is an instance of it, llm_base_proposer.py propose()).
+from vllm.model_executor.models.llama_eagle3 import Eagle3LlamaForCausalLM
+
+
+def split_kv_cache(kv_cache: torch.Tensor, num_kv_heads: int, head_size: int):
+    """Views ``(key_cache, value_cache)``, each ``[num_blocks, block_size, kv_heads, head]``.
+
+    Only the draft reads and writes its own cache region, so any fixed interpretation of
+    the allocation vLLM made for this layer works; we recognise the two shapes vLLM 0.32
+    allocates: ``[num_blocks, kv_heads, block_size, 2*head]`` (CPU, LBHNC) and
+    ``[2, num_blocks, block_size, kv_heads, head]`` (FlashAttention-style).
+    """
+    if kv_cache.dim() == 4 and kv_cache.shape[1] == num_kv_heads and kv_cache.shape[3] == 2 * head_size:
+        k = kv_cache[..., :head_size].transpose(1, 2)
+        v = kv_cache[..., head_size:].transpose(1, 2)
+        return k, v
+    if kv_cache.dim() == 5 and kv_cache.shape[0] == 2 and kv_cache.shape[3] == num_kv_heads:
+        return kv_cache[0], kv_cache[1]
+    if kv_cache.dim() == 5 and kv_cache.shape[1] == 2 and kv_cache.shape[3] == num_kv_heads:
+        return kv_cache[:, 0], kv_cache[:, 1]
+    raise RuntimeError(
+        f"sparrow-vllm: unexpected draft KV cache shape {tuple(kv_cache.shape)} "
+        f"(kv_heads={num_kv_heads}, head_size={head_size}); this vLLM build is not supported."
+    )
+
+
+class TextWindowAttention(nn.Module):
+    """Replaces ``LlamaAttention.forward`` of a draft layer (same weights, same RoPE)."""
+
+    def __init__(self, base: nn.Module, window_size: int):
+        super().__init__()
+        self.base = base
+        self.window_size = window_size
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        qkv, _ = b.qkv_proj(hidden_states)
+        q, k, v = qkv.split([b.q_size, b.kv_size, b.kv_size], dim=-1)
+        q, k = b.rotary_emb(positions, q, k)
+        ctx = draft_context.current()
+        n = q.shape[0]
+        q = q.view(n, b.num_heads, b.head_dim)
+        k = k.view(n, b.num_kv_heads, b.head_dim)
+        v = v.view(n, b.num_kv_heads, b.head_dim)
+        if ctx is None:
+            # vLLM's dummy/profile runs: no cache, no requests. Attend to self only.
+            rep = b.num_heads // b.num_kv_heads
+            out = v.repeat_interleave(rep, dim=1)
+        else:
+            key_cache, value_cache = split_kv_cache(b.attn.kv_cache, b.num_kv_heads, b.head_dim)
+            block_size = key_cache.shape[1]
+            slots = ctx.slot_mapping.long()
+            valid = slots >= 0
+            blk, off = slots[valid] // block_size, slots[valid] % block_size
+            key_cache[blk, off] = k[valid].to(key_cache.dtype)
+            value_cache[blk, off] = v[valid].to(value_cache.dtype)
+            out = text_window_attention(
+                q, key_cache, value_cache, ctx.block_table, ctx.text_positions,
+                ctx.text_start_loc, ctx.query_start_loc, ctx.query_text_idx,
+                ctx.window_size, b.scaling,
+            )
+        output, _ = b.o_proj(out.reshape(n, b.num_heads * b.head_dim))
+        return output
+
+
+class Eagle3SparrowForCausalLM(Eagle3LlamaForCausalLM):
+    """Registered with vLLM's ModelRegistry by :func:`sparrow_vllm.register`.
+
+    The name starts with ``Eagle3`` so vLLM's EAGLE config handling keeps it.
+    """
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        sparrow = getattr(self.config, "sparrow", None) or {}
+        self.window_size = int(sparrow.get("window_size", 128))
+        for layer in self.model.layers:
+            layer.self_attn.forward = TextWindowAttention(layer.self_attn, self.window_size).forward

@@ -1,0 +1,177 @@
+"""`sparrow data` on a tiny random Qwen2.5-VL; training (seeded, resumable) and eval-draft on it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparrow_vllm.draft.data import (DataMismatchError, DataSpec, generate_dataset, load_manifest,
+                                     load_samples)
+
+FRAMES = 16
+
+
+def _tiny_target(out, seed):
+    from transformers import AutoTokenizer, LlamaConfig, Qwen2_5_VLForConditionalGeneration
+
+    from sparrow_vllm.target.config import extend_tokenizer, make_config, make_processor
+    from sparrow_vllm.target.paths import GGUF_FILE, smollm2_gguf_dir
+
+    tok = AutoTokenizer.from_pretrained(smollm2_gguf_dir(), gguf_file=GGUF_FILE)
+    ids = extend_tokenizer(tok)
+    lc = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e5,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = make_config(lc, ids, len(tok))
+    v = cfg.vision_config
+    v.depth, v.hidden_size, v.intermediate_size, v.num_heads = 1, 32, 64, 2
+    v.out_hidden_size, v.fullatt_block_indexes = 64, [0]
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).float().eval()
+    model.save_pretrained(out)
+    processor = make_processor(tok)
+    processor.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    return _tiny_target(tmp_path_factory.mktemp("target"), 0)
+
+
+def spec(**kw):
+    base = dict(split="train", n=5, num_frames=FRAMES, layers=[1, 2, 3], all_positions=True,
+                max_new_tokens=4, shard_size=2)
+    base.update(kw)
+    return DataSpec(**base)
+
+
+def _tensors(d):
+    from safetensors.torch import load_file
+
+    m = load_manifest(d)
+    return m, {k: load_file(str(d / s["file"])) for k, s in m["shards"].items()}
+
+
+@pytest.fixture(scope="module")
+def full_data(target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    generate_dataset(target, out, spec(), progress=False)
+    return out
+
+
+def test_resume_after_interrupt_is_identical(target, full_data, tmp_path):
+    out = tmp_path / "resumed"
+    m = generate_dataset(target, out, spec(), progress=False, stop_after_shards=1)
+    assert list(m["shards"]) == ["0"]
+    # a half-written shard left behind by a crash: a temp file and an unlisted shard file
+    (out / "shard-00001.safetensors.tmp").write_bytes(b"garbage")
+    (out / "shard-00001.safetensors").write_bytes(b"garbage")
+    generate_dataset(target, out, spec(), progress=False)
+    generate_dataset(target, out, spec(), progress=False)  # a third run finds nothing to do
+    m1, t1 = _tensors(full_data)
+    m2, t2 = _tensors(out)
+    assert [s["samples"] for s in m1["shards"].values()] == [s["samples"] for s in m2["shards"].values()]
+    ids = [i for s in m2["shards"].values() for i in s["samples"]]
+    assert len(ids) == len(set(ids)) == 5
+    for k in t1:
+        for name in t1[k]:
+            assert torch.equal(t1[k][name], t2[k][name]), (k, name)
+
+
+def test_mismatched_settings_or_target_is_refused(target, full_data, tmp_path):
+    with pytest.raises(DataMismatchError, match="other settings"):
+        generate_dataset(target, full_data, spec(max_new_tokens=8), progress=False)
+    other = _tiny_target(tmp_path / "other", 1)
+    with pytest.raises(DataMismatchError, match="target"):
+        generate_dataset(other, full_data, spec(), progress=False)
+
+
+def test_stored_states_are_the_targets_layer_inputs(target, full_data):
+    """Rows equal HF hidden_states[l] of one forward over prompt + the greedy answer."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from sparrow_vllm.target.prompt import hf_inputs
+    from sparrow_vllm.world import make_sample
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(target), dtype=torch.float32).eval()
+    proc = AutoProcessor.from_pretrained(str(target))
+    _, samples = load_samples(full_data, limit=1)
+    s = samples[0]
+    sm = make_sample("train", 0, FRAMES)
+    inputs = hf_inputs(proc, sm.frames(), sm.question)
+    plen = inputs["input_ids"].shape[1]
+    assert s["response_start"] == plen and len(s["ids"]) == plen + 4
+    assert torch.equal(s["ids"][:plen].long(), inputs["input_ids"][0])
+    inputs["input_ids"] = s["ids"].long()[None]
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    model.model.rope_deltas = None
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    for a, l in enumerate([1, 2, 3]):
+        ref = out.hidden_states[l][0, :-1]  # the final token's state is never computed
+        torch.testing.assert_close(s["hidden"][:-1, a].float(), ref, atol=2e-2, rtol=1e-2)
+    greedy = out.logits[0].argmax(-1)
+    assert torch.equal(s["greedy"][plen - 1:-1].long(), greedy[plen - 1:-1])
+    assert (s["greedy"][:plen - 1] == -1).all()
+    video = (s["ids"] == model.config.video_token_id)
+    assert (s["text_index"][video] == -1).all() and int(video.sum()) == 8 * FRAMES
+
+
+def test_text_only_storage_does_not_grow_with_video(target, tmp_path):
+    rows = {}
+    for frames in (16, 64):
+        for allpos in (False, True):
+            m = generate_dataset(target, tmp_path / f"{frames}-{allpos}",
+                                 spec(n=1, num_frames=frames, all_positions=allpos), progress=False)
+            rows[frames, allpos] = m["shards"]["0"]["rows"]
+    assert rows[16, False] == rows[64, False]
+    assert rows[64, True] - rows[16, True] == 8 * (64 - 16)
+
+
+def _train_args(data, out, **kw):
+    from sparrow_vllm.draft.train import TrainArgs
+
+    base = dict(data=str(data), out=str(out), anchor_layers=[2], window=8, mtp_depth=2, intermediate_size=32,
+                draft_vocab=64, steps=4, batch_size=2, warmup=1, eval_every=2, ckpt_every=100,
+                val_data=str(data), progress=False)
+    base.update(kw)
+    return TrainArgs(**base)
+
+
+@pytest.mark.parametrize("recipe", ["sparrow", "eagle3"])
+def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recipe):
+    from safetensors.torch import load_file
+
+    from sparrow_vllm.draft.evaluate import run_eval
+    from sparrow_vllm.draft.train import train
+
+    anchors = [2] if recipe == "sparrow" else [1, 2, 3]
+    train(_train_args(full_data, tmp_path / "a", recipe=recipe, anchor_layers=anchors), log=lambda *_: None)
+    train(_train_args(full_data, tmp_path / "b", recipe=recipe, anchor_layers=anchors, stop_after=2),
+          log=lambda *_: None)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    train(_train_args(full_data, tmp_path / "b", recipe=recipe, anchor_layers=anchors, resume=True),
+          log=lambda *_: None)
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["speculators_model_type"] == recipe and cfg["eagle_aux_hidden_state_layer_ids"] == anchors
+    log = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and "acc@2" in log[-1]
+    rep = run_eval(target, tmp_path / "a", full_data, [1, 3], progress=False)
+    for k in ("1", "3"):
+        r = rep["results"][k]
+        assert r["rounds"] > 0 and 1.0 <= r["tau"] <= int(k) + 1
+    # a draft/data mismatch is refused with the fix in the message
+    if recipe == "eagle3":
+        text_only = tmp_path / "text"
+        generate_dataset(target, text_only, spec(n=2, all_positions=False, layers=[2]), progress=False)
+        with pytest.raises(DataMismatchError, match="--all-positions"):
+            train(_train_args(text_only, tmp_path / "c", recipe="eagle3", anchor_layers=[2]), log=lambda *_: None)
+        with pytest.raises(DataMismatchError, match="--layers"):
+            train(_train_args(text_only, tmp_path / "c", anchor_layers=[1]), log=lambda *_: None)
