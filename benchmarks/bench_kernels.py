@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"only V in {QUICK_VISUAL_TOKENS}, fewer repeats")
     ap.add_argument("--window", type=int, default=128, help="Sparrow text window W (default 128)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+    ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"],
                     help="query/KV cache dtype (default bfloat16, the draft's serving dtype)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for both methods (default 1; 0 = torch's default). "

@@ -19,6 +19,7 @@ SPEC_METRICS = (
     "vllm:spec_decode_num_draft_tokens",
     "vllm:spec_decode_num_accepted_tokens",
     "vllm:spec_decode_num_accepted_tokens_per_pos",
+    "vllm:num_preemptions",
 )
 
 
@@ -58,6 +59,8 @@ def _spec_metrics(llm) -> dict:
     acc = out.get("spec_decode_num_accepted_tokens", 0) or 0
     per_pos = out.get("spec_decode_num_accepted_tokens_per_pos") or []
     return {
+        "_per_pos": list(per_pos),
+        "num_preemptions": out.get("num_preemptions", 0) or 0,
         "num_drafts": drafts,
         "num_draft_tokens": out.get("spec_decode_num_draft_tokens", 0) or 0,
         "num_accepted_tokens": acc,
@@ -85,8 +88,26 @@ def run_engine(spec: dict) -> dict:
     llm = LLM(**kwargs)
     engine_s = time.perf_counter() - t0
     processor = AutoProcessor.from_pretrained(target)
-    prompts = _build_prompts(processor, spec["prompts"])
     sampling = SamplingParams(**{"temperature": 0.0, "max_tokens": 64, **spec.get("sampling", {})})
+    # "cells": several prompt sets run one after another on the same engine (benchmarks).
+    cells = spec.get("cells") or [{"prompts": spec["prompts"]}]
+    results, before = [], _spec_metrics(llm)
+    for cell in cells:
+        if cell.get("warmup"):
+            llm.generate(_build_prompts(processor, cell["warmup"]), sampling, use_tqdm=False)
+            before = _spec_metrics(llm)
+        cell_result = _run_cell(llm, processor, cell["prompts"], sampling)
+        after = _spec_metrics(llm)
+        cell_result["spec"] = _metrics_delta(before, after)
+        before = after
+        results.append(cell_result)
+    if not spec.get("cells"):
+        return {"engine_start_s": engine_s, **results[0]}
+    return {"engine_start_s": engine_s, "cells": results}
+
+
+def _run_cell(llm, processor, prompt_specs, sampling) -> dict:
+    prompts = _build_prompts(processor, prompt_specs)
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sampling, use_tqdm=False)
     wall = time.perf_counter() - t0
@@ -99,10 +120,22 @@ def run_engine(spec: dict) -> dict:
             "prompt_tokens": len(o.prompt_token_ids), "token_ids": list(c.token_ids), "text": c.text,
             "finish_reason": c.finish_reason,
             "ttft_s": (m.first_token_ts - m.scheduled_ts) if m is not None else None,
+            "first_token_ts": m.first_token_ts if m is not None else None,
+            "last_token_ts": m.last_token_ts if m is not None else None,
             "decode_s": decode_s,
             "decode_tok_s": ((len(c.token_ids) - 1) / decode_s) if decode_s else None,
         })
-    return {"engine_start_s": engine_s, "generate_s": wall, "outputs": results, "spec": _spec_metrics(llm)}
+    return {"generate_s": wall, "outputs": results}
+
+
+def _metrics_delta(a: dict, b: dict) -> dict:
+    d = {k: b[k] - a[k] for k in ("num_preemptions", "num_drafts", "num_draft_tokens", "num_accepted_tokens")}
+    per_a = a.get("_per_pos") or []
+    per_b = b.get("_per_pos") or []
+    per = [y - (per_a[i] if i < len(per_a) else 0) for i, y in enumerate(per_b)]
+    d["mean_accepted_length"] = (1 + d["num_accepted_tokens"] / d["num_drafts"]) if d["num_drafts"] else None
+    d["acceptance_per_position"] = [x / d["num_drafts"] for x in per] if d["num_drafts"] else []
+    return d
 
 
 def run_engine_subprocess(spec: dict, timeout: float = 1800, log: Path | None = None) -> dict:

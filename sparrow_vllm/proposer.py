@@ -16,7 +16,9 @@ Verification and rejection sampling stay vLLM's own: losslessness does not depen
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import numpy as np
 import torch
@@ -37,6 +39,9 @@ class SparrowProposer(EagleProposer):
         self.window_size = int(sparrow.get("window_size", 128))
         self._requests: dict[str, RequestText] = {}
         self._slots_checked = False
+        # SPARROW_DEBUG_DUMP=file: append the draft inputs of every step as JSON lines
+        # (tests use it to check that no visual position ever reaches the draft).
+        self._dump_path = os.environ.get("SPARROW_DEBUG_DUMP")
         # For tests and debugging: the draft inputs of the last propose() call.
         self.last_inputs: dict | None = None
         logging.getLogger("vllm.sparrow").info(
@@ -159,6 +164,8 @@ class SparrowProposer(EagleProposer):
         positions = to_dev(cat(entry_tidx))
         self.last_inputs = {"positions": cat(entry_pos), "text_index": cat(entry_tidx),
                             "input_token_ids": cat(entry_tokens), "target_token_ids": tokens[rows]}
+        if self._dump_path:
+            self._dump(q_start)
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
 
         # Rows to sample from: each request's last text entry (zeros if it had none, e.g.
@@ -207,6 +214,19 @@ class SparrowProposer(EagleProposer):
         if probs_list is not None:
             self._last_draft_probs = torch.stack(probs_list, dim=1).contiguous()
         return torch.stack(drafts, dim=1)
+
+    def _dump(self, q_start) -> None:
+        li = self.last_inputs
+        with open(self._dump_path, "a") as f:
+            for r, rid in enumerate(self.runner.input_batch.req_ids[: len(q_start) - 1]):
+                a, b = q_start[r], q_start[r + 1]
+                f.write(json.dumps({
+                    "req_id": rid,
+                    "prompt_token_ids_len": self._requests[rid].prompt_len,
+                    "positions": li["positions"][a:b].tolist(),
+                    "target_token_ids": li["target_token_ids"][a:b].tolist(),
+                    "text_index": li["text_index"][a:b].tolist(),
+                }) + "\n")
 
     def _run(self, input_ids, positions, hidden, ctx):
         with set_forward_context(None, self.vllm_config, num_tokens=int(input_ids.shape[0])), \

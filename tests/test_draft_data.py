@@ -175,3 +175,17 @@ def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recip
             train(_train_args(text_only, tmp_path / "c", recipe="eagle3", anchor_layers=[2]), log=lambda *_: None)
         with pytest.raises(DataMismatchError, match="--layers"):
             train(_train_args(text_only, tmp_path / "c", anchor_layers=[1]), log=lambda *_: None)
+
+
+def test_text_only_copy_equals_text_only_extraction(target, full_data, tmp_path):
+    from sparrow_vllm.draft.data import text_only_copy
+
+    generate_dataset(target, tmp_path / "direct", spec(all_positions=False), progress=False)
+    text_only_copy(full_data, tmp_path / "copy")
+    m1, t1 = _tensors(tmp_path / "direct")
+    m2, t2 = _tensors(tmp_path / "copy")
+    assert m1["settings"] == m2["settings"]
+    for k in t1:
+        assert t1[k].keys() == t2[k].keys()
+        for name in t1[k]:
+            assert torch.equal(t1[k][name], t2[k][name]), (k, name)

@@ -75,6 +75,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--limit", type=int, help="at most this many samples")
+    p.add_argument("--window", type=int, help="override the draft's window_size at inference (study only)")
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(run=run_eval_draft)
@@ -116,7 +117,8 @@ def run_eval_draft(args) -> int:
     from sparrow_vllm.draft.evaluate import format_table, run_eval
 
     _threads(args.threads)
-    rep = run_eval(args.target, args.draft, args.data, args.k, limit=args.limit, out=args.out)
+    rep = run_eval(args.target, args.draft, args.data, args.k, limit=args.limit, out=args.out,
+                   window=args.window)
     print(format_table(rep["results"], f"{args.draft} on {args.data} ({rep['samples']} samples, "
                                        f"~{rep['visual_tokens']} visual tokens)"))
     return 0

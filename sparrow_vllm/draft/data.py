@@ -301,3 +301,30 @@ def load_samples(data_dir, layers: list[int] | None = None, limit: int | None = 
             if limit is not None and len(out) >= limit:
                 return manifest, out
     return manifest, out
+
+
+def text_only_copy(src, dst) -> dict:
+    """Write the text-position subset of an ``--all-positions`` dataset to ``dst``: byte for
+    byte what ``sparrow data`` without ``--all-positions`` stores (used to report text-only
+    storage without re-running a 25k-token prefill). Returns the new manifest."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    manifest = load_manifest(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    new = json.loads(json.dumps(manifest))
+    new["all_positions"] = False
+    new["settings"]["all_positions"] = False
+    for k, sh in manifest["shards"].items():
+        samples = []
+        for s in unpack(load_file(str(src / sh["file"]))):
+            keep = s["text_index"] >= 0
+            rs = int(keep[: s["response_start"]].sum())
+            d = {key: s[key][keep] for key in ("ids", "greedy", "seq_pos", "text_index", "t_pos", "hidden")}
+            d["response_start"] = torch.tensor([rs], dtype=torch.int32)
+            samples.append(d)
+        save_file(pack(samples), str(dst / sh["file"]))
+        new["shards"][k].update(bytes=(dst / sh["file"]).stat().st_size,
+                                rows=int(sum(len(x["ids"]) for x in samples)))
+    _write_manifest(dst, new)
+    return new

@@ -91,7 +91,7 @@ def format_table(res: dict, title: str = "") -> str:
 
 
 def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None = None,
-             out: str | None = None, progress: bool = True) -> dict:
+             out: str | None = None, progress: bool = True, window: int | None = None) -> dict:
     from transformers import AutoConfig
 
     from sparrow_vllm.draft.data import check_draft_compatible, check_target, load_samples, target_identity
@@ -99,6 +99,8 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
     from sparrow_vllm.world import visual_tokens
 
     model = load_draft(draft_dir, target_dir=target_dir)
+    if window is not None:  # inference-time window differing from training (study only)
+        model.config = model.config.replace(window_size=window)
     cfg = model.config
     manifest, samples = load_samples(data_dir, layers=cfg.anchor_layers, limit=limit)
     check_target(manifest, target_identity(target_dir, AutoConfig.from_pretrained(str(target_dir))), str(data_dir))

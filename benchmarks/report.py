@@ -1,0 +1,43 @@
+"""Markdown tables for the README, from the JSON results in benchmarks/results/.
+
+    python benchmarks/report.py kernels|target|study|offline
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def kernels() -> str:
+    d = json.loads((RESULTS / "bench_kernels.json").read_text())
+    cells = {(r["method"], r["batch"], r["num_visual"]): r["median_ms"] for r in d["results"]}
+    batches = d["config"]["batches"]
+    rows = ["| visual tokens | " + " | ".join(f"sparrow B={b} | full B={b} | ratio" for b in batches) + " |",
+            "|---|" + "---|---|---|" * len(batches)]
+    for v in d["config"]["visual_tokens"]:
+        cols = []
+        for b in batches:
+            s, f = cells[("sparrow_torch", b, v)], cells[("full_torch", b, v)]
+            cols.append(f"{s:.3f} ms | {f:.2f} ms | {f / s:.0f}x")
+        rows.append(f"| {v:,} | " + " | ".join(cols) + " |")
+    hw = d["hardware"]
+    c = d["config"]
+    return "\n".join(rows) + (f"\n\nMedians; {hw['cpu_model']}, {hw['cpu_count']} cores, torch {hw['torch_version']}, "
+                              f"{c['dtype']}, W={c['window_size']}, {c['num_q_heads']}/{c['num_kv_heads']} heads, "
+                              f"head_dim {c['head_dim']}, one decode query per sequence.")
+
+
+def target() -> str:
+    rows = json.loads((RESULTS / "target_quality.json").read_text())
+    out = ["| split | visual tokens | samples | exact | facts |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {r['exact_accuracy']:.0%} | {r['facts_accuracy']:.0%} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print({"kernels": kernels, "target": target}[sys.argv[1]]())

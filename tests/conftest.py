@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Keep vLLM / inductor caches out of ~ and make engine runs use both cores.
+_cache = Path(os.environ.setdefault("SPARROW_CACHE", str(Path.home() / ".cache" / "sparrow-vllm")))
+os.environ.setdefault("VLLM_CACHE_ROOT", str(_cache / "vllm"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_cache / "inductor"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def target_dir() -> Path:
+    """The embedded target, assembled once per machine into the cache (~1 min)."""
+    from sparrow_vllm.target.build import build_target
+
+    if os.environ.get("SPARROW_TEST_TARGET"):  # development: an already-built checkpoint
+        return Path(os.environ["SPARROW_TEST_TARGET"])
+    return build_target()
+
+
+@pytest.fixture(scope="session")
+def random_draft(target_dir, tmp_path_factory) -> Path:
+    from draft_factory import write_random_draft
+
+    return write_random_draft(tmp_path_factory.mktemp("drafts") / "random", target_dir)
+
+
+@pytest.fixture(scope="session")
+def sparrow_draft(target_dir, random_draft) -> Path:
+    """The committed default draft of the embedded target (random weights as a fallback
+    while none is committed: losslessness must hold for any draft)."""
+    from sparrow_vllm.spec_config import SparrowConfigError, default_draft_for
+
+    try:
+        return default_draft_for(str(target_dir))
+    except SparrowConfigError:
+        return random_draft

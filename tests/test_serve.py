@@ -1,0 +1,74 @@
+"""``vllm serve`` (the real CLI, on CPU) with Sparrow, through the OpenAI API on loopback."""
+
+import base64
+import json
+import urllib.request
+
+import pytest
+
+from sparrow_vllm.serve_utils import Server, metric_value, write_mp4
+from sparrow_vllm.world import make_sample
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def server(target_dir, sparrow_draft, tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    sc = json.dumps({"method": "sparrow", "model": str(sparrow_draft), "num_speculative_tokens": 3})
+    args = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
+            "--speculative-config", sc, "--allowed-local-media-path", str(d),
+            "--limit-mm-per-prompt", '{"video": 1, "image": 1}']
+    with Server(str(target_dir), args, log=d / "serve.log") as s:
+        s.media_dir = d
+        yield s
+
+
+def _chat(server, video_url, question, **kw):
+    body = {"model": server.model_name, "max_tokens": 24, "temperature": 0,
+            "messages": [{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": video_url}},
+                {"type": "text", "text": question}]}], **kw}
+    return body
+
+
+@pytest.fixture(scope="module")
+def video(server):
+    s = make_sample("test", 5, 64)
+    path = write_mp4(s.frames(), server.media_dir / "clip.mp4")
+    server.model_name = json.loads(server.get("/v1/models"))["data"][0]["id"]
+    return s, path
+
+
+def test_chat_with_file_and_base64_video(server, video):
+    sample, path = video
+    a = server.post("/v1/chat/completions", _chat(server, f"file://{path}", sample.question))
+    data_url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    b = server.post("/v1/chat/completions", _chat(server, data_url, sample.question))
+    assert a["usage"]["prompt_tokens"] > 512  # 64 frames -> 512 visual tokens
+    assert a["choices"][0]["message"]["content"].strip()
+    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+
+
+def test_streamed_chat_equals_unstreamed(server, video):
+    sample, path = video
+    body = _chat(server, f"file://{path}", "Describe the video.")
+    full = server.post("/v1/chat/completions", body)["choices"][0]["message"]["content"]
+    req = urllib.request.Request(server.url + "/v1/chat/completions",
+                                 data=json.dumps({**body, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    pieces = []
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                pieces.append(delta.get("content") or "")
+    assert len(pieces) > 1 and "".join(pieces) == full
+
+
+def test_metrics_show_speculative_decoding(server, video):
+    text = server.get("/metrics")
+    assert metric_value(text, "vllm:spec_decode_num_drafts_total") > 0
+    assert metric_value(text, "vllm:spec_decode_num_draft_tokens_total") > 0
+    assert "vllm:spec_decode_num_accepted_tokens_total" in text

