@@ -33,11 +33,33 @@ def check_vllm_version(version: str | None = None) -> None:
         )
 
 
+def _install_excepthook() -> None:
+    """A user mistake in a Sparrow config ends a CLI (``vllm serve``) with one clear line,
+    not a stack trace through vLLM. Python callers still get the exception object."""
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_sparrow", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        from sparrow_vllm.spec_config import SparrowConfigError
+
+        if isinstance(exc, (SparrowConfigError, UnsupportedVLLMVersion)):
+            sys.stderr.write(f"error: {exc}\n")
+            return
+        previous(exc_type, exc, tb)
+
+    hook._sparrow = True
+    sys.excepthook = hook
+
+
 def register() -> None:
     """vLLM general-plugin entry point. Idempotent and cheap."""
     global _registered
     if _registered:
         return
+    _install_excepthook()
     check_vllm_version()
     from sparrow_vllm import _cpu_compat
 

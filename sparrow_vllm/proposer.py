@@ -234,6 +234,8 @@ class SparrowProposer(EagleProposer):
             return self.model(input_ids=input_ids, positions=positions, hidden_states=hidden)
 
     def _kv_block_size(self) -> int:
+        if getattr(self, "_kv_bs", None):
+            return self._kv_bs
         layer_name = next(iter(sorted(self._draft_attn_layer_names)))
         from vllm.config import get_layers_from_vllm_config
         from vllm.model_executor.layers.attention import Attention
@@ -242,7 +244,8 @@ class SparrowProposer(EagleProposer):
         from sparrow_vllm.vllm_draft import split_kv_cache
 
         key_cache, _ = split_kv_cache(attn.kv_cache, attn.num_kv_heads, attn.head_size)
-        return int(key_cache.shape[1])
+        self._kv_bs = int(key_cache.shape[1])
+        return self._kv_bs
 
     def _check_slots(self, cad, rows: np.ndarray, slots: np.ndarray) -> None:
         """Once: our slot arithmetic must agree with vLLM's own slot_mapping."""

@@ -74,3 +74,18 @@ def test_internals_guard_names_the_missing_symbol():
 def test_spec_config_module_has_no_vllm_import_at_top():
     # Translation must be importable (and testable) without starting vLLM.
     assert "vllm" not in spec_config.__dict__
+
+
+def test_cli_user_mistake_is_one_clear_line(tmp_path):
+    # A Sparrow config error in `vllm serve` ends with our message, not a traceback.
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "config.json").write_text('{"architectures": ["Qwen2_5_VLForConditionalGeneration"], '
+                                        '"model_type": "qwen2_5_vl"}')
+    code = ("import sparrow_vllm, sys; sparrow_vllm.register(); "
+            "from sparrow_vllm.spec_config import read_draft_config; read_draft_config(sys.argv[1])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: Sparrow draft directory")

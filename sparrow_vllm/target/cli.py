@@ -30,6 +30,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--n", type=int, default=100)
     e.add_argument("--frames", type=int, nargs="+", default=[16])
     e.add_argument("--target", type=Path, default=None)
+    e.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
     e.add_argument("--out", type=Path, default=Path("benchmarks/results/target_quality.json"))
     e.set_defaults(run=run_eval)
 
@@ -53,15 +54,19 @@ def run_eval(args) -> int:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from sparrow_vllm.target.build import build_target
-    from sparrow_vllm.target.evaluate import evaluate, write_report
+    from sparrow_vllm.target.evaluate import evaluate, evaluate_vllm, write_report
 
     torch.set_flush_denormal(True)
-    target = build_target(args.target) if args.target is None else args.target
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(target, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(target)
+    target = build_target() if args.target is None else args.target
+    if args.engine == "transformers":
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(target, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(target)
     results = []
     for f in args.frames:
-        r = evaluate(model, processor, args.split, args.n, f)
+        if args.engine == "vllm":
+            r = evaluate_vllm(target, args.split, args.n, f)
+        else:
+            r = evaluate(model, processor, args.split, args.n, f)
         print(json.dumps({k: v for k, v in r.items() if k != "rows"}))
         results.append(r)
     write_report(results, args.out)
