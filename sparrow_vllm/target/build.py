@@ -77,6 +77,15 @@ def load_vision_parts(path: Path | None = None) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+BUILDER_VERSION = 1  # bump when the assembly itself changes
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def build_target(out_dir: Path | None = None, force: bool = False, vision_parts_path: Path | None = None) -> Path:
     """Write the full HF checkpoint (config, tokenizer, processor, safetensors) to ``out_dir``.
 
@@ -85,7 +94,8 @@ def build_target(out_dir: Path | None = None, force: bool = False, vision_parts_
     out_dir = Path(out_dir or default_target_dir())
     marker = out_dir / "sparrow_target.json"
     parts_path = vision_parts_path or ASSETS_DIR / VISION_PARTS
-    stamp = {"name": TARGET_NAME, "vision_parts_bytes": parts_path.stat().st_size if parts_path.exists() else None}
+    stamp = {"name": TARGET_NAME, "builder": BUILDER_VERSION,
+             "vision_parts_sha256": _sha256(parts_path) if parts_path.exists() else None}
     if not force and marker.exists() and json.loads(marker.read_text()) == stamp:
         return out_dir
     model, tokenizer, processor = build_model(load_vision_parts(parts_path))
