@@ -39,5 +39,21 @@ def target() -> str:
     return "\n".join(out)
 
 
+def drafts() -> str:
+    """eval-draft reports collected in results/draft_eval.json (a list of eval-draft JSONs)."""
+    reports = json.loads((RESULTS / "draft_eval.json").read_text())
+    ks = sorted({int(k) for r in reports for k in r["results"]})
+    out = ["| draft | attention | anchor layers | visual tokens | samples | " + " | ".join(f"tau k={k}" for k in ks)
+           + " | acceptance per position (k=%d) |" % ks[-1],
+           "|---|---|---|---|---|" + "---|" * len(ks) + "---|"]
+    for r in reports:
+        res = r["results"]
+        taus = " | ".join(f"{res[str(k)]['tau']:.2f}" for k in ks)
+        acc = ", ".join(f"{a:.2f}" for a in res[str(ks[-1])]["acceptance_per_position"])
+        name = Path(r["draft"]).name
+        out.append(f"| {name} | {r['attention']} | {r['anchor_layers']} | {r['visual_tokens']:,} | {r['samples']} | {taus} | {acc} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print({"kernels": kernels, "target": target}[sys.argv[1]]())
+    print({"kernels": kernels, "target": target, "drafts": drafts}[sys.argv[1]]())

@@ -150,7 +150,9 @@ def run_engine_subprocess(spec: dict, timeout: float = 1800, log: Path | None = 
         if log is not None:
             log.write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out_path.exists():
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            lines = (proc.stdout + proc.stderr).splitlines()
+            causes = [x for x in lines if "Error" in x and "Traceback" not in x][-8:]
+            tail = "\n".join(causes + ["..."] + lines[-25:])
             raise RuntimeError(f"vLLM engine run failed (exit {proc.returncode}):\n{tail}")
         return json.loads(out_path.read_text())
 

@@ -38,7 +38,6 @@ class SparrowProposer(EagleProposer):
         sparrow = getattr(self.draft_model_config.hf_config, "sparrow", None) or {}
         self.window_size = int(sparrow.get("window_size", 128))
         self._requests: dict[str, RequestText] = {}
-        self._slots_checked = False
         # SPARROW_DEBUG_DUMP=file: append the draft inputs of every step as JSON lines
         # (tests use it to check that no visual position ever reaches the draft).
         self._dump_path = os.environ.get("SPARROW_DEBUG_DUMP")
@@ -179,6 +178,10 @@ class SparrowProposer(EagleProposer):
         draft, probs = self._sample_draft_tokens(sample_hidden, sampling_metadata)
         drafts, probs_list = [draft], (None if probs is None else [probs])
 
+        # Requests still in prefill after this step get throw-away drafts (vLLM discards
+        # them): their chain must not write KV (the slots ahead are not theirs yet) nor read
+        # unwritten slots; it attends to their first text token only.
+        partial = ~has | (starts + valid < np.asarray([rt.prompt_len for rt in req_texts], dtype=np.int64))
         for step in range(1, k):
             chain_pos = last_pos + step  # position of the token being fed
             chain_tidx = last_tidx + step
@@ -186,17 +189,19 @@ class SparrowProposer(EagleProposer):
             for r, rt in enumerate(req_texts):
                 q = int(chain_tidx[r])
                 base = max(0, q - W + 1)
-                if has[r]:
+                if not partial[r]:
                     lt = int(last_tidx[r])
                     known = rt.positions_of(np.arange(base, lt + 1, dtype=np.int64))
                     chain = last_pos[r] + np.arange(max(base, lt + 1), q + 1, dtype=np.int64) - lt
                     w = np.concatenate([known, chain])
-                else:  # no text seen this step (discarded partial prefill): attend to self
-                    w = chain_pos[r:r + 1]
+                else:
+                    w = rt.positions_of(np.zeros(1, dtype=np.int64))
                 windows.append(w)
                 t_start.append(t_start[-1] + len(w))
             ctx = TextWindowContext(
-                slot_mapping=to_dev(np.concatenate([slots_of(r, chain_pos[r:r + 1]) for r in range(num_reqs)])),
+                slot_mapping=to_dev(np.concatenate([
+                    np.full(1, -1, np.int64) if partial[r] else slots_of(r, chain_pos[r:r + 1])
+                    for r in range(num_reqs)])),
                 block_table=block_table,
                 text_positions=to_dev(np.concatenate(windows)),
                 text_start_loc=to_dev(np.asarray(t_start), torch.int32),
@@ -248,8 +253,10 @@ class SparrowProposer(EagleProposer):
         return self._kv_bs
 
     def _check_slots(self, cad, rows: np.ndarray, slots: np.ndarray) -> None:
-        """Once: our slot arithmetic must agree with vLLM's own slot_mapping."""
-        if self._slots_checked or len(rows) == 0:
+        """Every step: the positions we derived (seq_lens - query_lens, text filtering) must
+        give the slots vLLM itself computed for these tokens; a disagreement would make the
+        draft write and read the wrong cache slots."""
+        if len(rows) == 0:
             return
         theirs = cad.slot_mapping[torch.from_numpy(rows).to(cad.slot_mapping.device)].cpu().numpy()
         if not np.array_equal(theirs.astype(np.int64), slots):
@@ -257,4 +264,3 @@ class SparrowProposer(EagleProposer):
                 "sparrow-vllm: draft KV slot arithmetic disagrees with vLLM's slot_mapping "
                 f"(ours {slots[:8]}, vLLM {theirs[:8]}); this vLLM build is not supported."
             )
-        self._slots_checked = True

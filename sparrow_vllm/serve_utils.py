@@ -21,10 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_mp4(frames: np.ndarray, path: Path, fps: float = 2.0) -> Path:
+def write_mp4(frames: np.ndarray, path: Path, fps: float | None = None) -> Path:
     """uint8 ``[T, H, W, 3]`` RGB -> mp4 (OpenCV, which vLLM also decodes with)."""
     import cv2
 
+    from sparrow_vllm.target.config import VIDEO_FPS
+
+    fps = fps or VIDEO_FPS
     h, w = frames.shape[1:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     for f in frames:

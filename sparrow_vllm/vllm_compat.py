@@ -74,8 +74,18 @@ def patch_engine_args() -> None:
         sc = self.speculative_config
         if not (isinstance(sc, dict) and sc.get("method") == "sparrow"):
             return create(self, target_model_config, target_parallel_config)
+        import os
+
         from sparrow_vllm import spec_config
 
+        # SparrowProposer lives in the V1 model runner (GPUModelRunner); vLLM 0.32 defaults
+        # to Model Runner V2 on GPU, which has its own speculators. Processes vLLM spawns
+        # inherit this.
+        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0").lower() in ("1", "true"):
+            raise spec_config.SparrowConfigError(
+                "method 'sparrow' runs in vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER "
+                "(or set it to 0).")
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         self.speculative_config, overrides = spec_config.translate(sc, target_model_config)
         result = create(self, target_model_config, target_parallel_config)
         hf = result.draft_model_config.hf_config

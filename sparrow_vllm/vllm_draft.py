@@ -89,6 +89,10 @@ class Eagle3SparrowForCausalLM(Eagle3LlamaForCausalLM):
     """
 
     def __init__(self, *, vllm_config, prefix: str = ""):
+        if vllm_config.use_v2_model_runner:
+            raise RuntimeError(
+                "sparrow-vllm: the Sparrow draft needs vLLM's V1 model runner "
+                "(VLLM_USE_V2_MODEL_RUNNER=0); Model Runner V2 would not feed it text positions.")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         sparrow = getattr(self.config, "sparrow", None) or {}
         self.window_size = int(sparrow.get("window_size", 128))

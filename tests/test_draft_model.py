@@ -234,6 +234,11 @@ def test_oracle_draft_accepts_everything():
     res = simulate_sample(model, s, [1, 4])
     assert res[1] == [1] * 15
     assert res[4] == [4] * 6
+    from sparrow_vllm.draft.evaluate import oracle_rounds, summarize
+
+    assert oracle_rounds(res["to_generate"], 4) == res[4]
+    summary = summarize([res], [1, 4])
+    assert summary["4"]["tau"] == summary["4"]["tau_oracle"] == 5.0
     # a draft predicting the predecessor is never accepted
     with torch.no_grad():
         model.lm_head.weight.zero_()

@@ -71,7 +71,8 @@ def test_lossless_without_chunked_prefill(target_dir, sparrow_draft, reference):
 def test_lossless_under_preemption(target_dir, sparrow_draft, reference):
     # 24 blocks of 128 tokens for 4 concurrent requests of up to ~1.1k tokens: vLLM must
     # preempt (recompute) requests, and the draft's KV is rebuilt with them.
-    got = _sparrow(target_dir, sparrow_draft, {"num_gpu_blocks_override": 24, "max_num_batched_tokens": 512})
+    got = _sparrow(target_dir, sparrow_draft, {"num_gpu_blocks_override": 24, "max_num_batched_tokens": 512,
+                                               "max_model_len": 1536})
     _assert_identical(reference, got)
     assert got["spec"]["num_preemptions"] > 0
 

@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--accum", type=int, default=4)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", type=Path, default=None, help="continue from these vision parts")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -45,7 +46,7 @@ def run_build(args) -> int:
 def run_train(args) -> int:
     from sparrow_vllm.target.train_vision import train_vision
 
-    print(train_vision(args.out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed))
+    print(train_vision(args.out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init))
     return 0
 
 

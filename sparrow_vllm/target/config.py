@@ -10,7 +10,11 @@ from __future__ import annotations
 
 # Frames are 112x112 (multiples of 28): 4x4 merged tokens per 2-frame temporal patch.
 FRAME_SIZE = 112
-VIDEO_FPS = 2.0  # metadata we attach to SparrowWorld videos
+# SparrowWorld videos are 24 fps: transformers' Qwen2.5-VL processor assumes 24 fps for raw
+# frames without metadata, which is how the target was trained (2-frame temporal patches =
+# 1/12 s each, so mRoPE's temporal index advances once per 12 patches). vLLM gets the same
+# through the metadata we attach (prompt.video_metadata) or the fps of an mp4 file.
+VIDEO_FPS = 24.0
 
 VISION_TOKENS = {
     "vision_start": "<|vision_start|>",
@@ -28,8 +32,7 @@ VISION_CONFIG = dict(
     patch_size=14,
     spatial_merge_size=2,
     temporal_patch_size=2,
-    # One temporal patch (2 frames at VIDEO_FPS=2) = 1 s = 1 mRoPE step: a 25k-token video
-    # spans ~1.6k temporal positions.
+    # One mRoPE temporal step per second of video (24 frames): a 25k-token video spans ~130.
     tokens_per_second=1,
     window_size=112,
     fullatt_block_indexes=[3],
@@ -38,8 +41,8 @@ VISION_CONFIG = dict(
 )
 
 # The LM saw 8k tokens in training. Video tokens share compressed mRoPE positions (one
-# temporal step per 16 tokens here), so a 25k-visual-token request stays far below 8k
-# *positions*; vLLM sizes max_model_len in *tokens* from this field, hence 32k.
+# temporal step per 12 temporal patches here), so a 25k-visual-token request stays far below
+# 8k *positions*; vLLM sizes max_model_len in *tokens* from this field, hence 32k.
 MAX_TOKENS = 32768
 
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

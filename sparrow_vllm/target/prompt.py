@@ -41,12 +41,14 @@ def hf_inputs(processor, frames: np.ndarray, question: str, answer: str | None =
         text=[prompt_text(processor, question)], videos=[frames], return_tensors="pt",
         videos_kwargs={"do_sample_frames": False, "fps": VIDEO_FPS},
     )
-    inputs.pop("mm_token_type_ids", None)
+    # Keep `mm_token_type_ids`: without it transformers 5 silently gives video tokens plain
+    # 1-D positions instead of Qwen2.5-VL's mRoPE (what vLLM computes).
     if answer is not None:
         ids = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
         prompt_ids = inputs["input_ids"]
         inputs["input_ids"] = torch.cat([prompt_ids, ids], 1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
         inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
     return inputs
 

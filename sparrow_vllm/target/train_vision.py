@@ -25,11 +25,14 @@ FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
 
 
 def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
-                 log_every: int = 25) -> Path:
+                 log_every: int = 25, init: Path | None = None) -> Path:
+    """``init``: start from these vision parts (a previous run) instead of a random tower."""
     torch.manual_seed(seed)
     torch.set_flush_denormal(True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, processor = build_model(None, seed=seed)
+    from sparrow_vllm.target.build import load_vision_parts
+
+    model, tokenizer, processor = build_model(load_vision_parts(init) if init else None, seed=seed)
     for p in model.parameters():
         p.requires_grad_(False)
     visual = model.model.visual
@@ -50,7 +53,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         sched.load_state_dict(state["sched"])
         start = state["step"]
         print(f"resumed at step {start}")
-    rng = random.Random(seed * 1_000_003 + start)
+    # A continued run (init) sees other clips than the first one.
+    rng = random.Random(seed * 1_000_003 + start + (7919 if init else 0))
     log = open(out_dir / "train_log.jsonl", "a")
     model.train()
     running = []
@@ -59,7 +63,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(accum):
-            idx = (step * accum + micro) % 900_000
+            idx = (step * accum + micro + (100_000 if init else 0)) % 900_000
             sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
             inputs = hf_inputs(processor, sample.frames(), sample.question, sample.answer)
             out = model(**inputs)
@@ -93,5 +97,6 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--accum", type=int, default=4)
+    ap.add_argument("--init", type=Path, default=None)
     a = ap.parse_args()
-    print(train_vision(a.out, a.steps, a.lr, a.accum))
+    print(train_vision(a.out, a.steps, a.lr, a.accum, init=a.init))

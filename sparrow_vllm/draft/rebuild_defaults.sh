@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Rebuild the committed drafts of the embedded target (~25 min on 2 cores, one job at a time):
+#   bash sparrow_vllm/draft/rebuild_defaults.sh [RUN_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=${1:-runs/drafts}
+S=".venv/bin/sparrow"
+mkdir -p "$R/logs" "$R/eval"
+T=$($S build-target | tail -1)
+L=2,8,15,22,27
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$R/pipeline.log"; }
+log "data train";  $S data --target "$T" --out "$R/data/train" --split train --n 256 --frames 16 --all-positions --layers $L > "$R/logs/data_train.log" 2>&1
+log "data val";    $S data --target "$T" --out "$R/data/val" --split val --n 24 --frames 16 --all-positions --layers $L > "$R/logs/data_val.log" 2>&1
+TR="--data $R/data/train --val-data $R/data/val --steps 800 --seed 0 --mtp-depth 5 --eval-every 200 --ckpt-every 200 --resume"
+log "train sparrow"; $S train $TR --out "$R/sparrow-default" --recipe sparrow --anchor-layers 15 --window 128 > "$R/logs/train_sparrow.log" 2>&1
+log "train eagle3";  $S train $TR --out "$R/eagle3-baseline" --recipe eagle3 --anchor-layers 2,15,27 > "$R/logs/train_eagle3.log" 2>&1
+log "data test1k"; $S data --target "$T" --out "$R/data/test1k" --split test --n 16 --visual-tokens 1024 --all-positions --layers $L --shard-size 8 > "$R/logs/data_test1k.log" 2>&1
+for d in sparrow-default eagle3-baseline; do
+  log "eval $d";  $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test1k" --k 1 3 5 --out "$R/eval/$d.1k.json" > "$R/logs/eval_$d.log" 2>&1
+  mkdir -p "sparrow_vllm/assets/drafts/$d"
+  cp "$R/$d/config.json" "$R/$d/model.safetensors" "sparrow_vllm/assets/drafts/$d/"
+done
+.venv/bin/python - "$R" <<'PY'
+import json, sys
+from pathlib import Path
+r = Path(sys.argv[1])
+reports = [json.loads((r / "eval" / f"{d}.1k.json").read_text()) for d in ("sparrow-default", "eagle3-baseline")]
+Path("benchmarks/results/draft_eval.json").write_text(json.dumps(reports, indent=1))
+PY
+log "done"
