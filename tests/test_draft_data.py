@@ -108,6 +108,11 @@ def test_stored_states_are_the_targets_layer_inputs(target, full_data):
     assert torch.equal(s["ids"][:plen].long(), inputs["input_ids"][0])
     inputs["input_ids"] = s["ids"].long()[None]
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:  # mRoPE needs the modality of every position
+        mm = torch.zeros_like(inputs["input_ids"])
+        mm[inputs["input_ids"] == model.config.video_token_id] = 2
+        mm[inputs["input_ids"] == model.config.image_token_id] = 1
+        inputs["mm_token_type_ids"] = mm
     model.model.rope_deltas = None
     with torch.no_grad():
         out = model(**inputs, output_hidden_states=True)

@@ -18,7 +18,7 @@ log "data test1k"; $S data --target "$T" --out "$R/data/test1k" --split test --n
 for d in sparrow-default eagle3-baseline; do
   log "eval $d";  $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test1k" --k 1 3 5 --out "$R/eval/$d.1k.json" > "$R/logs/eval_$d.log" 2>&1
   mkdir -p "sparrow_vllm/assets/drafts/$d"
-  cp "$R/$d/config.json" "$R/$d/model.safetensors" "sparrow_vllm/assets/drafts/$d/"
+  cp "$R/$d/config.json" "$R/$d/model.safetensors" "$R/$d/training.json" "sparrow_vllm/assets/drafts/$d/"
 done
 .venv/bin/python - "$R" <<'PY'
 import json, sys

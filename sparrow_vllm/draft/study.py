@@ -13,13 +13,17 @@ from pathlib import Path
 def row_of(report: dict, path: str) -> dict:
     draft = Path(report["draft"])
     cfg = json.loads((draft / "config.json").read_text())["sparrow"] if (draft / "config.json").exists() else {}
+    man = Path(report["data"]) / "manifest.json"
+    target = json.loads(man.read_text())["target"] if man.exists() else {}
     return {
-        "report": path, "draft": draft.name, "recipe": report["recipe"],
+        "target_fingerprint": target.get("fingerprint"),
+        "report": path, "draft": draft.name, "data": Path(report["data"]).name, "recipe": report["recipe"],
         "anchor_layers": report["anchor_layers"], "train_window": cfg.get("window_size"),
         "eval_window": report["window_size"] if report["attention"] == "text_window" else None,
         "mtp_depth": cfg.get("mtp_depth"), "visual_tokens": report["visual_tokens"],
         "samples": report["samples"],
         "tau": {k: v["tau"] for k, v in report["results"].items()},
+        "tau_oracle": {k: v.get("tau_oracle") for k, v in report["results"].items()},
         "acceptance_per_position": {k: v["acceptance_per_position"] for k, v in report["results"].items()},
         "rounds": {k: v["rounds"] for k, v in report["results"].items()},
     }
@@ -27,14 +31,16 @@ def row_of(report: dict, path: str) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     ks = sorted({k for r in rows for k in r["tau"]}, key=int)
-    out = ["| draft | recipe | anchors | W train/eval | visual tokens | samples | "
-           + " | ".join(f"tau k={k}" for k in ks) + " |",
-           "|" + "---|" * (6 + len(ks))]
+    out = ["| data | visual tokens | draft | recipe | anchors | W train/eval | samples | rounds k=5 | "
+           + " | ".join(f"tau k={k}" for k in ks) + " | " + " | ".join(f"ceiling k={k}" for k in ks) + " |",
+           "|" + "---|" * (8 + 2 * len(ks))]
     for r in rows:
         w = "full" if r["eval_window"] is None else f"{r['train_window']}/{r['eval_window']}"
         taus = " | ".join(f"{r['tau'][k]:.2f}" if k in r["tau"] else "" for k in ks)
-        out.append(f"| {r['draft']} | {r['recipe']} | {','.join(map(str, r['anchor_layers']))} | {w} | "
-                   f"{r['visual_tokens']} | {r['samples']} | {taus} |")
+        ceil = " | ".join(f"{r['tau_oracle'][k]:.2f}" if k in r["tau_oracle"] else "" for k in ks)
+        out.append(f"| {r['data']} | {r['visual_tokens']} | {r['draft']} | {r['recipe']} | "
+                   f"{','.join(map(str, r['anchor_layers']))} | {w} | {r['samples']} | {r['rounds'].get('5', '')} | "
+                   f"{taus} | {ceil} |")
     return "\n".join(out)
 
 
@@ -45,7 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--extra", help="JSON file merged into the study (e.g. bytes per sample)")
     a = ap.parse_args(argv)
     rows = [row_of(json.loads(Path(p).read_text()), p) for p in a.reports]
-    rows.sort(key=lambda r: (r["visual_tokens"], r["recipe"] != "sparrow", r["draft"], r["eval_window"] or 0))
+    rows.sort(key=lambda r: (r["data"], r["recipe"] != "sparrow", r["eval_window"] or 0))
     study = {"rows": rows}
     if a.extra:
         study.update(json.loads(Path(a.extra).read_text()))
