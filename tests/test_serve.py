@@ -18,7 +18,9 @@ def server(target_dir, sparrow_draft, tmp_path_factory):
     sc = json.dumps({"method": "sparrow", "model": str(sparrow_draft), "num_speculative_tokens": 3})
     args = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
             "--speculative-config", sc, "--allowed-local-media-path", str(d),
-            "--limit-mm-per-prompt", '{"video": 1, "image": 1}']
+            "--limit-mm-per-prompt", '{"video": 1, "image": 1}',
+            # vLLM samples video files (32 frames / 2 fps by default): keep every frame.
+            "--media-io-kwargs", '{"video": {"num_frames": -1, "fps": -1}}']
     with Server(str(target_dir), args, log=d / "serve.log") as s:
         s.media_dir = d
         yield s
