@@ -11,7 +11,7 @@ from pathlib import Path
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="answer a video question through vLLM, with and without Sparrow")
     p.add_argument("--index", type=int, default=3, help="SparrowWorld test-split sample")
-    p.add_argument("--visual-tokens", type=int, default=1024)
+    p.add_argument("--visual-tokens", type=int, default=128, help="128 = the 16-frame clips the target was trained on")
     p.add_argument("--question", default=None, help="default: the sample's own question")
     p.add_argument("--k", type=int, default=None, help="num_speculative_tokens (default: the draft's)")
     p.add_argument("--max-tokens", type=int, default=64)
