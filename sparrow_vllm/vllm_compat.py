@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
-import json
 import logging
 import sys
 
@@ -191,7 +190,3 @@ def install() -> None:
     patch_speculators()
     patch_engine_args()
     when_imported("vllm.v1.worker.gpu_model_runner", _patch_model_runner)
-
-
-def describe() -> str:
-    return json.dumps({"draft_arch": DRAFT_ARCH})

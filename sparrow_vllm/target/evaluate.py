@@ -28,9 +28,7 @@ def evaluate(model, processor, split: str = "test", n: int = 100, num_frames: in
     for i in tqdm(range(start_index, start_index + n), desc=f"eval {split} {num_frames}f"):
         s = make_sample(split, i, num_frames)
         answer = generate_answer(model, processor, s.frames(), s.question)
-        rows.append({"id": s.id, "kind": s.kind, "question": s.question, "reference": s.answer,
-                     "answer": answer, "exact": score_answer(s, answer, "exact"),
-                     "facts": score_answer(s, answer, "facts")})
+        rows.append(_scored_row(s, answer))
     return _summary(rows, split, n, num_frames, start_index, t0)
 
 
@@ -51,10 +49,14 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
     for i, out in zip(idx, run["outputs"]):
         s = make_sample(split, i, num_frames)
         answer = out["text"].strip()
-        rows.append({"id": s.id, "kind": s.kind, "question": s.question, "reference": s.answer,
-                     "answer": answer, "exact": score_answer(s, answer, "exact"),
-                     "facts": score_answer(s, answer, "facts")})
+        rows.append(_scored_row(s, answer))
     return _summary(rows, split, n, num_frames, start_index, t0)
+
+
+def _scored_row(s, answer: str) -> dict:
+    return {"id": s.id, "kind": s.kind, "question": s.question, "reference": s.answer,
+            "answer": answer, "exact": score_answer(s, answer, "exact"),
+            "facts": score_answer(s, answer, "facts")}
 
 
 def _summary(rows, split, n, num_frames, start_index, t0) -> dict:
