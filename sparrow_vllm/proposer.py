@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,134 +83,35 @@ class SparrowProposer(EagleProposer):
         num_rejected_tokens_gpu: torch.Tensor | None = None,
         slot_mappings=None,
     ) -> torch.Tensor:
+        """``draft_token_ids [num_reqs, k]``: one pass over the text tokens the target just
+        verified (their draft KV written at their own slots), then a chain of ``k`` tokens."""
         k = num_speculative_tokens
         self.num_speculative_tokens = k
         self._last_draft_probs = None
-        cad = common_attn_metadata
-        num_reqs = cad.num_reqs
-        device = target_hidden_states.device
-        W = self.window_size
-
-        qsl = cad.query_start_loc_cpu[: num_reqs + 1].numpy().astype(np.int64)
-        q_lens = qsl[1:] - qsl[:-1]
-        seq_lens = cad.seq_lens[:num_reqs].cpu().numpy().astype(np.int64)
-        starts = seq_lens - q_lens  # position of each request's first token this step
-        rejected = (num_rejected_tokens_gpu[:num_reqs].cpu().numpy().astype(np.int64)
-                    if num_rejected_tokens_gpu is not None else np.zeros(num_reqs, np.int64))
-        valid = q_lens - rejected
-        tokens = target_token_ids.cpu().numpy().astype(np.int64)
-        next_tokens = next_token_ids[:num_reqs].cpu().numpy().astype(np.int64)
-        block_table = cad.block_table_tensor[:num_reqs]
-        block_table_cpu = block_table.cpu().numpy()
-        kv_block_size = self._kv_block_size()
-        max_pos = self.max_model_len - 1
-
-        def slots_of(r: int, pos: np.ndarray) -> np.ndarray:
-            ok = pos <= max_pos
-            p = np.minimum(pos, max_pos)
-            s = block_table_cpu[r, p // kv_block_size].astype(np.int64) * kv_block_size + p % kv_block_size
-            return np.where(ok, s, -1)
-
-        entry_rows, entry_tokens, entry_tidx, entry_slots, entry_pos = [], [], [], [], []
-        text_pos_chunks, text_start, q_start, q_tidx = [], [0], [0], []
-        last_entry = np.full(num_reqs, -1, dtype=np.int64)
-        last_tidx = np.zeros(num_reqs, dtype=np.int64)
-        last_pos = starts + valid - 1
-        req_texts = []
-        n_entries = 0
-        for r in range(num_reqs):
-            rt = self._request_text(self.runner.input_batch.req_ids[r])
-            req_texts.append(rt)
-            pos = starts[r] + np.arange(valid[r], dtype=np.int64)
-            is_text = rt.is_text(pos)
-            tpos = pos[is_text]
-            if len(tpos):
-                end = starts[r] + valid[r]  # position of next_token_ids[r]
-                nxt = rt.next_text_position(tpos)
-                tok = np.where(nxt < end, tokens[np.minimum(qsl[r] + nxt - starts[r], len(tokens) - 1)],
-                               np.where(nxt == end, next_tokens[r], rt.prompt_token_ids[np.minimum(nxt, rt.prompt_len - 1)]))
-                tidx = rt.text_index(tpos)
-                base = max(0, int(tidx[0]) - W + 1)
-                window = rt.positions_of(np.arange(base, int(tidx[-1]) + 1, dtype=np.int64))
-                entry_rows.append(qsl[r] + (tpos - starts[r]))
-                entry_tokens.append(tok)
-                entry_tidx.append(tidx)
-                entry_slots.append(slots_of(r, tpos))
-                entry_pos.append(tpos)
-                text_pos_chunks.append(window)
-                q_tidx.append(tidx - base)
-                n_entries += len(tpos)
-                last_entry[r] = n_entries - 1
-                last_tidx[r] = tidx[-1]
-            text_start.append(text_start[-1] + (len(text_pos_chunks[-1]) if len(tpos) else 0))
-            q_start.append(n_entries)
-
-        cat = lambda xs, dt=np.int64: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
-        rows = cat(entry_rows)
-        self._check_slots(cad, rows, cat(entry_slots))
-        to_dev = lambda a, dt=torch.int64: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)  # noqa: E731
-
-        hidden = self.model.combine_hidden_states(target_hidden_states[to_dev(rows)])
-        ctx = TextWindowContext(
-            slot_mapping=to_dev(cat(entry_slots)),
-            block_table=block_table,
-            text_positions=to_dev(cat(text_pos_chunks)),
-            text_start_loc=to_dev(np.asarray(text_start), torch.int32),
-            query_start_loc=to_dev(np.asarray(q_start), torch.int32),
-            query_text_idx=to_dev(cat(q_tidx), torch.int32),
-            window_size=W,
-        )
-        input_ids = to_dev(cat(entry_tokens), torch.int32)
-        positions = to_dev(cat(entry_tidx))
-        self.last_inputs = {"positions": cat(entry_pos), "text_index": cat(entry_tidx),
-                            "input_token_ids": cat(entry_tokens), "target_token_ids": tokens[rows]}
+        step = self._step_view(common_attn_metadata, target_token_ids, next_token_ids, num_rejected_tokens_gpu)
+        rows, ctx, input_ids, positions, last_entry = self._text_entries(step)
+        hidden = self.model.combine_hidden_states(target_hidden_states[step.to_dev(rows)])
         if self._dump_path:
-            self._dump(q_start)
+            self._dump(ctx)
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
-
-        # Rows to sample from: each request's last text entry (zeros if it had none, e.g.
-        # a prefill chunk that is all video; vLLM discards drafts of partial prefills).
-        has = last_entry >= 0
-        sel = to_dev(np.where(has, last_entry, 0))
-        sample_hidden = last_hidden[sel] * to_dev(has, last_hidden.dtype)[:, None]
-        state = prenorm[sel] * to_dev(has, prenorm.dtype)[:, None]
         if k == 0:
-            return torch.empty(num_reqs, 0, device=device, dtype=torch.int64)
-        draft, probs = self._sample_draft_tokens(sample_hidden, sampling_metadata)
-        drafts, probs_list = [draft], (None if probs is None else [probs])
+            return torch.empty(step.num_reqs, 0, device=step.device, dtype=torch.int64)
 
+        # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
+        # chunk that is all video; vLLM discards drafts of partial prefills).
+        has = last_entry >= 0
+        sel = step.to_dev(np.where(has, last_entry, 0))
+        keep = step.to_dev(has, prenorm.dtype)[:, None]
+        state = prenorm[sel] * keep
+        draft, probs = self._sample_draft_tokens(last_hidden[sel] * keep, sampling_metadata)
+        drafts, probs_list = [draft], (None if probs is None else [probs])
         # Requests still in prefill after this step get throw-away drafts (vLLM discards
         # them): their chain must not write KV (the slots ahead are not theirs yet) nor read
         # unwritten slots; it attends to their first text token only.
-        partial = ~has | (starts + valid < np.asarray([rt.prompt_len for rt in req_texts], dtype=np.int64))
-        for step in range(1, k):
-            chain_pos = last_pos + step  # position of the token being fed
-            chain_tidx = last_tidx + step
-            windows, t_start = [], [0]
-            for r, rt in enumerate(req_texts):
-                q = int(chain_tidx[r])
-                base = max(0, q - W + 1)
-                if not partial[r]:
-                    lt = int(last_tidx[r])
-                    known = rt.positions_of(np.arange(base, lt + 1, dtype=np.int64))
-                    chain = last_pos[r] + np.arange(max(base, lt + 1), q + 1, dtype=np.int64) - lt
-                    w = np.concatenate([known, chain])
-                else:
-                    w = rt.positions_of(np.zeros(1, dtype=np.int64))
-                windows.append(w)
-                t_start.append(t_start[-1] + len(w))
-            ctx = TextWindowContext(
-                slot_mapping=to_dev(np.concatenate([
-                    np.full(1, -1, np.int64) if partial[r] else slots_of(r, chain_pos[r:r + 1])
-                    for r in range(num_reqs)])),
-                block_table=block_table,
-                text_positions=to_dev(np.concatenate(windows)),
-                text_start_loc=to_dev(np.asarray(t_start), torch.int32),
-                query_start_loc=to_dev(np.arange(num_reqs + 1), torch.int32),
-                query_text_idx=to_dev(np.asarray([len(w) - 1 for w in windows]), torch.int32),
-                window_size=W,
-            )
-            last_hidden, state = self._run(drafts[-1].to(torch.int32), to_dev(chain_tidx), state, ctx)
+        partial = ~has | (step.starts + step.valid < np.asarray([rt.prompt_len for rt in step.req_texts]))
+        for s in range(1, k):
+            ctx = self._chain_context(step, s, partial)
+            last_hidden, state = self._run(drafts[-1].to(torch.int32), step.to_dev(step.last_tidx + s), state, ctx)
             draft, probs = self._sample_draft_tokens(last_hidden, sampling_metadata)
             drafts.append(draft)
             if probs_list is not None:
@@ -218,10 +120,108 @@ class SparrowProposer(EagleProposer):
         self._prune()
         if probs_list is not None:
             self._last_draft_probs = torch.stack(probs_list, dim=1).contiguous()
-        return torch.stack(drafts, dim=1)
+        out = torch.stack(drafts, dim=1)
+        if self._dump_path:
+            self._dump_drafts(out)
+        return out
 
-    def _dump(self, q_start) -> None:
+    def _step_view(self, cad, target_token_ids, next_token_ids, num_rejected_tokens_gpu) -> "_Step":
+        num_reqs = cad.num_reqs
+        qsl = cad.query_start_loc_cpu[: num_reqs + 1].numpy().astype(np.int64)
+        q_lens = qsl[1:] - qsl[:-1]
+        seq_lens = cad.seq_lens[:num_reqs].cpu().numpy().astype(np.int64)
+        rejected = (num_rejected_tokens_gpu[:num_reqs].cpu().numpy().astype(np.int64)
+                    if num_rejected_tokens_gpu is not None else np.zeros(num_reqs, np.int64))
+        block_table = cad.block_table_tensor[:num_reqs]
+        return _Step(
+            cad=cad, num_reqs=num_reqs, device=block_table.device, qsl=qsl,
+            starts=seq_lens - q_lens,  # position of each request's first token this step
+            valid=q_lens - rejected,  # verified tokens (rejected drafts excluded)
+            tokens=target_token_ids.cpu().numpy().astype(np.int64),
+            next_tokens=next_token_ids[:num_reqs].cpu().numpy().astype(np.int64),
+            block_table=block_table, block_table_cpu=block_table.cpu().numpy(),
+            kv_block_size=self._kv_block_size(), max_pos=self.max_model_len - 1,
+            req_texts=[self._request_text(rid) for rid in self.runner.input_batch.req_ids[:num_reqs]],
+        )
+
+    def _text_entries(self, step: "_Step"):
+        """The first pass: one draft entry per verified *text* token. Returns ``(rows [n]``
+        (their rows in the target's batch), the attention context, ``input_ids [n]``,
+        ``positions [n]`` (text indices), ``last_entry [num_reqs]`` (-1: none)``)``."""
+        W = self.window_size
+        rows, tokens, tidxs, slots, poss = [], [], [], [], []
+        windows, text_start, q_start, q_tidx = [], [0], [0], []
+        last_entry = np.full(step.num_reqs, -1, dtype=np.int64)
+        n = 0
+        for r, rt in enumerate(step.req_texts):
+            pos = step.starts[r] + np.arange(step.valid[r], dtype=np.int64)
+            tpos = pos[rt.is_text(pos)]
+            if len(tpos):
+                end = step.starts[r] + step.valid[r]  # position of next_token_ids[r]
+                nxt = rt.next_text_position(tpos)
+                in_batch = step.tokens[np.minimum(step.qsl[r] + nxt - step.starts[r], len(step.tokens) - 1)]
+                in_prompt = rt.prompt_token_ids[np.minimum(nxt, rt.prompt_len - 1)]
+                tokens.append(np.where(nxt < end, in_batch, np.where(nxt == end, step.next_tokens[r], in_prompt)))
+                tidx = rt.text_index(tpos)
+                base = max(0, int(tidx[0]) - W + 1)
+                windows.append(rt.positions_of(np.arange(base, int(tidx[-1]) + 1, dtype=np.int64)))
+                rows.append(step.qsl[r] + (tpos - step.starts[r]))
+                tidxs.append(tidx)
+                slots.append(step.slots_of(r, tpos))
+                poss.append(tpos)
+                q_tidx.append(tidx - base)
+                n += len(tpos)
+                last_entry[r] = n - 1
+                step.last_tidx[r] = tidx[-1]
+            text_start.append(text_start[-1] + (len(windows[-1]) if len(tpos) else 0))
+            q_start.append(n)
+        rows, slots = _cat(rows), _cat(slots)
+        self._check_slots(step.cad, rows, slots)
+        ctx = TextWindowContext(
+            slot_mapping=step.to_dev(slots), block_table=step.block_table,
+            text_positions=step.to_dev(_cat(windows)),
+            text_start_loc=step.to_dev(np.asarray(text_start), torch.int32),
+            query_start_loc=step.to_dev(np.asarray(q_start), torch.int32),
+            query_text_idx=step.to_dev(_cat(q_tidx), torch.int32),
+            window_size=W,
+        )
+        self.last_inputs = {"positions": _cat(poss), "text_index": _cat(tidxs), "input_token_ids": _cat(tokens),
+                            "target_token_ids": step.tokens[rows], "query_start": q_start}
+        return rows, ctx, step.to_dev(_cat(tokens), torch.int32), step.to_dev(_cat(tidxs)), last_entry
+
+    def _chain_context(self, step: "_Step", s: int, partial: np.ndarray) -> TextWindowContext:
+        """Attention context of chain step ``s`` (1..k-1): each request feeds its previous
+        draft token at position ``last_pos + s`` (text index ``last_tidx + s``); its window
+        holds known text positions, then the chain's own."""
+        W = self.window_size
+        last_pos = step.starts + step.valid - 1
+        windows, t_start, slots = [], [0], []
+        for r, rt in enumerate(step.req_texts):
+            q = int(step.last_tidx[r]) + s
+            base = max(0, q - W + 1)
+            if partial[r]:
+                w = rt.positions_of(np.zeros(1, dtype=np.int64))
+                slots.append(np.full(1, -1, np.int64))
+            else:
+                lt = int(step.last_tidx[r])
+                known = rt.positions_of(np.arange(base, lt + 1, dtype=np.int64))
+                chain = last_pos[r] + np.arange(max(base, lt + 1), q + 1, dtype=np.int64) - lt
+                w = np.concatenate([known, chain])
+                slots.append(step.slots_of(r, last_pos[r:r + 1] + s))
+            windows.append(w)
+            t_start.append(t_start[-1] + len(w))
+        return TextWindowContext(
+            slot_mapping=step.to_dev(np.concatenate(slots)), block_table=step.block_table,
+            text_positions=step.to_dev(np.concatenate(windows)),
+            text_start_loc=step.to_dev(np.asarray(t_start), torch.int32),
+            query_start_loc=step.to_dev(np.arange(step.num_reqs + 1), torch.int32),
+            query_text_idx=step.to_dev(np.asarray([len(w) - 1 for w in windows]), torch.int32),
+            window_size=W,
+        )
+
+    def _dump(self, ctx) -> None:
         li = self.last_inputs
+        q_start = li["query_start"]
         with open(self._dump_path, "a") as f:
             for r, rid in enumerate(self.runner.input_batch.req_ids[: len(q_start) - 1]):
                 a, b = q_start[r], q_start[r + 1]
@@ -230,8 +230,14 @@ class SparrowProposer(EagleProposer):
                     "prompt_token_ids_len": self._requests[rid].prompt_len,
                     "positions": li["positions"][a:b].tolist(),
                     "target_token_ids": li["target_token_ids"][a:b].tolist(),
+                    "input_token_ids": li["input_token_ids"][a:b].tolist(),
                     "text_index": li["text_index"][a:b].tolist(),
                 }) + "\n")
+
+    def _dump_drafts(self, drafts: torch.Tensor) -> None:
+        with open(self._dump_path, "a") as f:
+            for rid, row in zip(self.runner.input_batch.req_ids, drafts.cpu().tolist()):
+                f.write(json.dumps({"req_id": rid, "draft_token_ids": row}) + "\n")
 
     def _run(self, input_ids, positions, hidden, ctx):
         with set_forward_context(None, self.vllm_config, num_tokens=int(input_ids.shape[0])), \
@@ -264,3 +270,41 @@ class SparrowProposer(EagleProposer):
                 "sparrow-vllm: draft KV slot arithmetic disagrees with vLLM's slot_mapping "
                 f"(ours {slots[:8]}, vLLM {theirs[:8]}); this vLLM build is not supported."
             )
+
+
+def _cat(xs: list[np.ndarray], dtype=np.int64) -> np.ndarray:
+    return np.concatenate(xs).astype(dtype) if xs else np.zeros(0, dtype)
+
+
+@dataclass
+class _Step:
+    """One ``propose()`` call's batch, on the host: what the text bookkeeping needs."""
+
+    cad: object  # vLLM CommonAttentionMetadata
+    num_reqs: int
+    device: torch.device
+    qsl: np.ndarray  # [num_reqs + 1] query start locations in the target's batch
+    starts: np.ndarray  # [num_reqs] position of each request's first token this step
+    valid: np.ndarray  # [num_reqs] verified tokens this step
+    tokens: np.ndarray  # [num_tokens] target_token_ids
+    next_tokens: np.ndarray  # [num_reqs] the token each request samples next
+    block_table: torch.Tensor
+    block_table_cpu: np.ndarray
+    kv_block_size: int
+    max_pos: int
+    req_texts: list
+    last_tidx: np.ndarray = None  # [num_reqs] text index of the last verified text token
+
+    def __post_init__(self):
+        if self.last_tidx is None:
+            self.last_tidx = np.zeros(self.num_reqs, dtype=np.int64)
+
+    def slots_of(self, r: int, pos: np.ndarray) -> np.ndarray:
+        """KV slots of request ``r``'s positions (-1 beyond max_model_len: not written)."""
+        p = np.minimum(pos, self.max_pos)
+        s = self.block_table_cpu[r, p // self.kv_block_size].astype(np.int64) * self.kv_block_size \
+            + p % self.kv_block_size
+        return np.where(pos <= self.max_pos, s, -1)
+
+    def to_dev(self, a, dtype=torch.int64) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=dtype)

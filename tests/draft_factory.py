@@ -1,7 +1,8 @@
 """Random-weight drafts in the Sparrow draft-directory format, for engine tests.
 
 A random draft proposes garbage: the lossless tests must still see the target's exact
-output (only acceptance drops).
+output (only acceptance drops). The directory is written by the same code as a trained
+draft (``SparrowDraftConfig`` + ``save_draft``), so the format is tested, not copied.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from sparrow_vllm.draft.config import SparrowDraftConfig
+from sparrow_vllm.draft.export import save_draft
+from sparrow_vllm.draft.model import SparrowDraftModel
 
 
 def write_random_draft(out: Path, target_dir: Path, anchor_layers=(15,), window_size=64,
@@ -18,57 +22,17 @@ def write_random_draft(out: Path, target_dir: Path, anchor_layers=(15,), window_
                        recipe: str = "sparrow") -> Path:
     tcfg = json.loads((Path(target_dir) / "config.json").read_text())
     text = tcfg.get("text_config", tcfg)
-    H, V, L = text["hidden_size"], text["vocab_size"], text["num_hidden_layers"]
-    heads, kv = text["num_attention_heads"], text["num_key_value_heads"]
-    hd = H // heads
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: (torch.randn(*s, generator=g) * 0.02)  # noqa: E731
-    A = len(anchor_layers)
-    w = {
-        "fc.weight": r(H, A * H),
-        "midlayer.input_layernorm.weight": torch.ones(H),
-        "midlayer.hidden_norm.weight": torch.ones(H),
-        "midlayer.self_attn.q_proj.weight": r(heads * hd, 2 * H),
-        "midlayer.self_attn.k_proj.weight": r(kv * hd, 2 * H),
-        "midlayer.self_attn.v_proj.weight": r(kv * hd, 2 * H),
-        "midlayer.self_attn.o_proj.weight": r(H, heads * hd),
-        "midlayer.post_attention_layernorm.weight": torch.ones(H),
-        "midlayer.mlp.gate_proj.weight": r(intermediate, H),
-        "midlayer.mlp.up_proj.weight": r(intermediate, H),
-        "midlayer.mlp.down_proj.weight": r(H, intermediate),
-        "norm.weight": torch.ones(H),
-        "lm_head.weight": r(draft_vocab, H),
-    }
-    ids = torch.arange(draft_vocab)  # the first draft_vocab target ids
-    w["d2t"] = torch.zeros(draft_vocab, dtype=torch.int64) + (ids - ids)
-    t2d = torch.zeros(V, dtype=torch.bool)
-    t2d[:draft_vocab] = True
-    w["t2d"] = t2d
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in w.items()}, str(out / "model.safetensors"))
-    cfg = {
-        "speculators_model_type": recipe,
-        "speculators_version": "0.3.0",
-        "architectures": ["Eagle3SparrowForCausalLM" if recipe == "sparrow" else "Eagle3LlamaForCausalLM"],
-        "transformer_layer_config": {
-            "model_type": "llama", "hidden_size": H, "num_attention_heads": heads,
-            "num_key_value_heads": kv, "head_dim": hd, "intermediate_size": intermediate,
-            "num_hidden_layers": 1, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-            "max_position_embeddings": 32768, "vocab_size": V, "hidden_act": "silu",
-            "tie_word_embeddings": False,
-        },
-        "draft_vocab_size": draft_vocab, "target_hidden_size": H, "norm_before_residual": False,
-        "eagle_aux_hidden_state_layer_ids": list(anchor_layers),
-        "speculators_config": {
-            "algorithm": recipe,
-            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": 3}],
-            "default_proposal_method": "greedy",
-            "verifier": {"name_or_path": str(target_dir), "architectures": tcfg["architectures"]},
-        },
-    }
-    if recipe == "sparrow":
-        cfg["sparrow"] = {"anchor_layers": list(anchor_layers), "window_size": window_size,
-                          "num_layers": 1, "target_hidden_size": H, "target_num_layers": L,
-                          "target_vocab_size": V}
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    return out
+    H, heads = text["hidden_size"], text["num_attention_heads"]
+    cfg = SparrowDraftConfig(
+        recipe=recipe, attention="text_window" if recipe == "sparrow" else "full",
+        anchor_layers=list(anchor_layers), window_size=window_size,
+        target_hidden_size=H, target_num_layers=text["num_hidden_layers"], target_vocab_size=text["vocab_size"],
+        hidden_size=H, num_attention_heads=heads, num_key_value_heads=text["num_key_value_heads"],
+        head_dim=H // heads, intermediate_size=intermediate, draft_vocab_size=draft_vocab,
+        verifier_name_or_path=str(target_dir), verifier_architectures=tcfg["architectures"],
+        num_speculative_tokens=3, torch_dtype="float32")
+    torch.manual_seed(seed)
+    model = SparrowDraftModel(cfg)
+    if cfg.has_vocab_map:
+        model.set_vocab(torch.arange(draft_vocab))  # the first draft_vocab target ids
+    return save_draft(model, out)

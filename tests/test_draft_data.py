@@ -92,12 +92,13 @@ def test_mismatched_settings_or_target_is_refused(target, full_data, tmp_path):
 
 def test_stored_states_are_the_targets_layer_inputs(target, full_data):
     """Rows equal HF hidden_states[l] of one forward over prompt + the greedy answer."""
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
+    from sparrow_vllm.target.build import load_hf_target
     from sparrow_vllm.target.prompt import hf_inputs
     from sparrow_vllm.world import make_sample
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(target), dtype=torch.float32).eval()
+    model = load_hf_target(target)
     proc = AutoProcessor.from_pretrained(str(target))
     _, samples = load_samples(full_data, limit=1)
     s = samples[0]

@@ -35,23 +35,55 @@ def test_build_is_deterministic(target_dir, tmp_path):
 
 @pytest.mark.vllm
 def test_vllm_and_transformers_agree_on_a_video_answer(target_dir):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    """Also beyond 96 frames, where transformers' own mRoPE would continue the text after
+    the video elsewhere than vLLM does (target/mrope.py): 128 frames moved sample 6."""
+    from transformers import AutoProcessor
 
     from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+    from sparrow_vllm.target.build import load_hf_target
     from sparrow_vllm.target.prompt import hf_inputs
     from sparrow_vllm.world import make_sample
 
-    indices, frames = [0, 3, 6], 64
+    indices, frames = [0, 3, 6, 6], [64, 64, 128, 256]
     got = run_engine_subprocess({"target": str(target_dir), "prompts": world_prompt_specs("test", indices, frames),
                                  "sampling": {"max_tokens": 24}, "engine": {"max_model_len": 4096}})
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(target_dir, dtype=torch.float32).eval()
+    model = load_hf_target(target_dir)
     processor = AutoProcessor.from_pretrained(target_dir)
-    for i, out in zip(indices, got["outputs"]):
-        s = make_sample("test", i, frames)
+    for i, f, out in zip(indices, frames, got["outputs"]):
+        s = make_sample("test", i, f)
         inputs = hf_inputs(processor, s.frames(), s.question)
+        model.model.rope_deltas = None
         with torch.no_grad():
             ref = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
         ref = ref.tolist()
         if processor.tokenizer.eos_token_id in ref:
             ref = ref[: ref.index(processor.tokenizer.eos_token_id) + 1]
-        assert out["token_ids"] == ref, (out["text"], processor.tokenizer.decode(ref))
+        assert out["token_ids"] == ref, (f, out["text"], processor.tokenizer.decode(ref))
+
+
+def test_mrope_text_after_a_long_video_continues_past_its_last_frame(target_dir):
+    """vLLM's convention (target/mrope.py): equal to transformers' while the video is short,
+    one past the last temporal position once that exceeds the spatial extent."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from sparrow_vllm.target.mrope import rope_index
+    from sparrow_vllm.target.prompt import hf_inputs
+    from sparrow_vllm.world import make_sample
+
+    processor = AutoProcessor.from_pretrained(target_dir)
+    inner = Qwen2_5_VLForConditionalGeneration.from_pretrained(target_dir).model
+    video_id = inner.config.video_token_id
+    for frames in (16, 256):
+        inputs = hf_inputs(processor, make_sample("test", 1, frames).frames(), "Describe the video.")
+        kw = {k: inputs[k] for k in ("mm_token_type_ids", "video_grid_thw", "second_per_grid_ts")}
+        ours, ours_delta = rope_index(inner, inputs["input_ids"], **kw)
+        theirs, _ = type(inner).get_rope_index(inner, inputs["input_ids"], **kw)
+        ids = inputs["input_ids"][0]
+        last_video = int((ids == video_id).nonzero().max())
+        after = ours[:, 0, last_video + 1]
+        assert torch.equal(after, torch.full((3,), int(ours[:, 0, : last_video + 1].max()) + 1))
+        assert int(ours_delta) == int(ours.max()) + 1 - len(ids)
+        if frames == 16:
+            assert torch.equal(ours, theirs)
+        else:  # 128 temporal groups of 2 frames at 24 fps: temporal positions 0..10 > 3
+            assert not torch.equal(ours, theirs)

@@ -55,7 +55,9 @@ def test_lossless_chunked_prefill(target_dir, sparrow_draft, reference, tmp_path
     from transformers import AutoConfig
 
     video_id = AutoConfig.from_pretrained(target_dir).video_token_id
-    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    rows = [r for r in lines if "target_token_ids" in r]  # the other lines: proposed drafts
+    assert all(len(r["draft_token_ids"]) == 3 for r in lines if "draft_token_ids" in r)
     fed = [t for r in rows for t in r["target_token_ids"]]
     assert fed and video_id not in fed
     # ... and the draft's RoPE positions are text indices, dense per request.

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sparrow_vllm.target.config import extend_tokenizer, make_config, make_processor
+from sparrow_vllm.target.mrope import use_vllm_positions
 from sparrow_vllm.target.paths import ASSETS_DIR, TARGET_NAME, default_target_dir
 from sparrow_vllm.target.smollm2 import load_smollm2
 
@@ -55,7 +56,16 @@ def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int =
         visual = {k[len("visual."):]: v for k, v in vision_parts.items() if k.startswith("visual.")}
         model.model.visual.load_state_dict(visual, strict=True)
     model.tie_weights()
-    return model, tokenizer, make_processor(tokenizer)
+    return use_vllm_positions(model), tokenizer, make_processor(tokenizer)
+
+
+def load_hf_target(target_dir, dtype=torch.float32):
+    """A Qwen2.5-VL target checkpoint in transformers, eval mode, computing vLLM's mRoPE
+    positions (see ``target/mrope.py``): what every transformers path of ours must use."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(target_dir), dtype=dtype)
+    return use_vllm_positions(model.eval())
 
 
 def vision_parts_of(model) -> dict[str, torch.Tensor]:

@@ -52,15 +52,15 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
-    from sparrow_vllm.target.build import build_target
+    from sparrow_vllm.target.build import build_target, load_hf_target
     from sparrow_vllm.target.evaluate import evaluate, evaluate_vllm, write_report
 
     torch.set_flush_denormal(True)
     target = build_target() if args.target is None else args.target
     if args.engine == "transformers":
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(target, dtype=torch.float32).eval()
+        model = load_hf_target(target)
         processor = AutoProcessor.from_pretrained(target)
     results = []
     for f in args.frames:
