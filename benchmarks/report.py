@@ -1,6 +1,6 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|study|offline
+    python benchmarks/report.py kernels|target|drafts|tau
 """
 
 from __future__ import annotations
@@ -55,5 +55,18 @@ def drafts() -> str:
     return "\n".join(out)
 
 
+def tau() -> str:
+    """benchmarks/check_tau.py results (results/check_tau_*.json): vLLM vs eval-draft."""
+    out = ["| visual tokens | samples | vLLM output == transformers output | tau in vLLM | tau in eval-draft | gap |",
+           "|---|---|---|---|---|---|"]
+    for f in sorted(RESULTS.glob("check_tau_*.json"), key=lambda f: json.loads(f.read_text())["visual_tokens"]):
+        r = json.loads(f.read_text())
+        a = r["summary"]["all"]
+        same = sum(x["same_output"] for x in r["per_sample"])
+        out.append(f"| {r['visual_tokens']:,} | {a['samples']} | {same}/{a['samples']} | {a['tau_vllm']:.3f} | "
+                   f"{a['tau_eval_draft']:.3f} | {a['relative_gap']:+.1%} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print({"kernels": kernels, "target": target, "drafts": drafts}[sys.argv[1]]())
+    print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau}[sys.argv[1]]())
