@@ -8,11 +8,17 @@ makes the model runner use :class:`~sparrow_vllm.proposer.SparrowProposer`.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
 # Keys of the user's speculative config that are Sparrow's, not vLLM's.
 SPARROW_KEYS = ("window_size", "anchor_layers")
+# vLLM 0.32 ``SpeculativeConfig`` fields that apply to a Sparrow draft. Anything else (a typo,
+# another method's option such as ``prompt_lookup_max``) is refused, not silently ignored.
+VLLM_KEYS = ("method", "model", "num_speculative_tokens", "draft_tensor_parallel_size",
+             "revision", "code_revision", "enforce_eager")
+ALLOWED_KEYS = VLLM_KEYS + SPARROW_KEYS
 DRAFT_LINK_NAMES = ("sparrow_draft",)  # <target>/sparrow_draft/ holds a target's default draft
 MAX_SPECULATIVE_TOKENS = 16
 
@@ -25,11 +31,19 @@ def read_draft_config(draft_dir: str | Path) -> dict:
     d = Path(draft_dir)
     cfg = d / "config.json"
     if not d.is_dir():
-        raise SparrowConfigError(f"Sparrow draft directory {d} does not exist. Train one with "
-                                 "`sparrow train` or omit \"model\" to use the target's default draft.")
+        what = "is a file, not a directory" if d.exists() else "does not exist"
+        raise SparrowConfigError(f"Sparrow draft directory {d} {what}. Pass a directory written by "
+                                 "`sparrow train`, or omit \"model\" to use the target's default draft.")
     if not cfg.exists():
-        raise SparrowConfigError(f"{d} has no config.json: it is not a Sparrow draft directory.")
-    data = json.loads(cfg.read_text())
+        raise SparrowConfigError(f"{d} has no config.json: it is not a Sparrow draft directory. "
+                                 "Pass a directory written by `sparrow train`.")
+    try:
+        data = json.loads(cfg.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SparrowConfigError(f"{cfg} is not valid JSON ({e}): it is not a Sparrow draft "
+                                 "directory. Pass a directory written by `sparrow train`.") from None
+    if not isinstance(data, dict):
+        data = {}
     if data.get("speculators_model_type") != "sparrow" or "sparrow" not in data:
         kind = data.get("speculators_model_type") or data.get("architectures")
         raise SparrowConfigError(
@@ -59,8 +73,29 @@ def default_draft_for(target: str) -> Path:
     )
 
 
+def _text_config(target_hf_config):
+    if hasattr(target_hf_config, "get_text_config"):
+        return target_hf_config.get_text_config()
+    return target_hf_config
+
+
+def check_keys(cfg: dict) -> None:
+    """Refuse keys Sparrow does not use, naming the allowed ones (and the likely intended one)."""
+    unknown = [k for k in cfg if k not in ALLOWED_KEYS]
+    if not unknown:
+        return
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(str(k), ALLOWED_KEYS, n=1)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise SparrowConfigError(
+        f"Unknown key(s) in the sparrow speculative config: {', '.join(hints)}. "
+        f"Allowed keys: {', '.join(ALLOWED_KEYS)}."
+    )
+
+
 def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None:
-    text = target_hf_config.get_text_config() if hasattr(target_hf_config, "get_text_config") else target_hf_config
+    text = _text_config(target_hf_config)
     sp = draft["sparrow"]
     problems = []
     want = {
@@ -71,9 +106,7 @@ def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None
     for key, value in want.items():
         if key in sp and sp[key] != value:
             problems.append(f"{key}: draft {sp[key]}, target {value}")
-    for layer in sp.get("anchor_layers", []):
-        if not 0 < int(layer) < text.num_hidden_layers:
-            problems.append(f"anchor layer {layer} outside the target's layers 1..{text.num_hidden_layers - 1}")
+    problems += _anchor_problems(sp.get("anchor_layers", []), text.num_hidden_layers)
     if problems:
         raise SparrowConfigError(
             f"Sparrow draft {draft_dir} was not trained for this target ("
@@ -81,38 +114,67 @@ def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None
         )
 
 
+def _anchor_problems(layers, num_layers: int) -> list[str]:
+    # Anchor layer i is the input of target layer i (vLLM's eagle_aux_hidden_state_layer_ids):
+    # 0 would be the embeddings, num_layers is past the last layer.
+    return [f"anchor layer {layer} outside the target's layers 1..{num_layers - 1}"
+            for layer in layers if not (_is_int(layer) and 0 < layer < num_layers)]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def translate(user: dict, target_model_config) -> tuple[dict, dict]:
     """User's sparrow config -> (kwargs for vLLM's SpeculativeConfig, sparrow overrides)."""
-    cfg = dict(user)
+    cfg = {str(k).replace("-", "_"): v for k, v in user.items()}  # vLLM accepts both spellings
+    check_keys(cfg)
     cfg["method"] = "eagle3"
     overrides = {k: cfg.pop(k) for k in SPARROW_KEYS if k in cfg}
-    draft_dir = cfg.get("model") or default_draft_for(target_model_config.model)
+    model = cfg.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise SparrowConfigError(f"\"model\" must be the path of a Sparrow draft directory, got {model!r}.")
+    draft_dir = model or default_draft_for(target_model_config.model)
     draft = read_draft_config(draft_dir)
     check_draft_matches_target(draft, draft_dir, target_model_config.hf_config)
     cfg["model"] = str(draft_dir)
     k = cfg.get("num_speculative_tokens")
+    source = ""
     if k is None:
         methods = draft.get("speculators_config", {}).get("proposal_methods") or [{}]
         k = methods[0].get("speculative_tokens", 3)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+        source = f" (the default of draft {draft_dir}; pass \"num_speculative_tokens\")"
+    if not _is_int(k) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
         raise SparrowConfigError(
-            f"num_speculative_tokens must be an integer in 1..{MAX_SPECULATIVE_TOKENS}, got {k!r}."
+            f"num_speculative_tokens must be an integer in 1..{MAX_SPECULATIVE_TOKENS}, got {k!r}{source}."
         )
     cfg["num_speculative_tokens"] = k
-    validate_overrides(overrides, draft["sparrow"], draft_dir)
+    num_layers = _text_config(target_model_config.hf_config).num_hidden_layers
+    validate_overrides(overrides, draft["sparrow"], draft_dir, num_layers)
     return cfg, overrides
 
 
-def validate_overrides(overrides: dict, sparrow: dict, draft_dir) -> None:
+def validate_overrides(overrides: dict, sparrow: dict, draft_dir, num_layers: int) -> None:
     if "window_size" in overrides:
         w = overrides["window_size"]
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-            raise SparrowConfigError(f"window_size must be a positive integer (text tokens), got {w!r}.")
+        if not _is_int(w) or w < 1:
+            raise SparrowConfigError(
+                f"window_size must be a positive integer (text tokens), got {w!r}; the draft was "
+                f"trained with {sparrow.get('window_size')}: omit the key to use that.")
     if "anchor_layers" in overrides:
         a = overrides["anchor_layers"]
-        if list(a) != list(sparrow.get("anchor_layers", [])):
+        trained = list(sparrow.get("anchor_layers", []))
+        if not isinstance(a, list) or not a or not all(_is_int(x) for x in a):
+            raise SparrowConfigError(
+                f"anchor_layers must be a list of target layer ids such as {trained}, got {a!r}.")
+        outside = _anchor_problems(a, num_layers)
+        if outside:
+            raise SparrowConfigError(
+                f"anchor_layers={a!r}: " + "; ".join(outside) + f". The draft {draft_dir} was "
+                f"trained on {trained}: omit the key or pass exactly that.")
+        if a != trained:
             raise SparrowConfigError(
                 f"anchor_layers={a!r} differs from the layers the draft {draft_dir} was trained on "
-                f"({sparrow.get('anchor_layers')}); anchor layers are fixed by training. Retrain with "
+                f"({trained}); anchor layers are fixed by training. Retrain with "
                 "`sparrow train --anchor-layers ...` or drop the override."
             )

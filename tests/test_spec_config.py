@@ -1,10 +1,12 @@
 import json
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from draft_factory import write_random_draft
-from sparrow_vllm.spec_config import SparrowConfigError, translate
+from sparrow_vllm.spec_config import ALLOWED_KEYS, SparrowConfigError, translate
 
 
 @pytest.fixture
@@ -87,3 +89,174 @@ def test_default_draft_next_to_target(tmp_path, target):
     write_random_draft(t / "sparrow_draft", t, anchor_layers=(3,), draft_vocab=32, intermediate=32)
     cfg, _ = translate({"method": "sparrow"}, tmc)
     assert cfg["model"] == str(t / "sparrow_draft")
+
+
+# --- issue 8: every user mistake fails at start-up with one message naming the fix -------
+
+@pytest.mark.parametrize("key, hint", [
+    ("num_speculative_token", "did you mean 'num_speculative_tokens'"),
+    ("window", "did you mean 'window_size'"),
+    ("prompt_lookup_max", ""),  # another method's option: refused, not silently ignored
+])
+def test_unknown_key_lists_the_allowed_keys(tmp_path, target, key, hint):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    with pytest.raises(SparrowConfigError, match="Unknown key") as e:
+        translate({"method": "sparrow", "model": str(d), key: 3}, tmc)
+    msg = str(e.value)
+    assert repr(key) in msg and hint in msg
+    assert "Allowed keys: " + ", ".join(ALLOWED_KEYS) in msg
+
+
+def test_hyphenated_keys_are_accepted_like_vllm_does(tmp_path, target):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    cfg, overrides = translate({"method": "sparrow", "model": str(d), "num-speculative-tokens": 2,
+                                "window-size": 16}, tmc)
+    assert cfg["num_speculative_tokens"] == 2 and overrides == {"window_size": 16}
+
+
+@pytest.mark.parametrize("w", [0, -8, True, "64", 12.0])
+def test_bad_window_size(tmp_path, target, w):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    with pytest.raises(SparrowConfigError, match="window_size must be a positive integer.*omit the key"):
+        translate({"method": "sparrow", "model": str(d), "window_size": w}, tmc)
+
+
+@pytest.mark.parametrize("k", [10**6, True, None])
+def test_absurd_num_speculative_tokens(tmp_path, target, k):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    if k is None:  # the draft's own default is absurd: the message says where it came from
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["speculators_config"]["proposal_methods"][0]["speculative_tokens"] = 500
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(SparrowConfigError, match="got 500 \\(the default of draft .*pass \"num_speculative_tokens\""):
+            translate({"method": "sparrow", "model": str(d)}, tmc)
+        return
+    with pytest.raises(SparrowConfigError, match="num_speculative_tokens must be an integer in 1..16"):
+        translate({"method": "sparrow", "model": str(d), "num_speculative_tokens": k}, tmc)
+
+
+@pytest.mark.parametrize("anchors, match", [
+    ([0], "anchor layer 0 outside the target's layers 1..5"),
+    ([6], "anchor layer 6 outside the target's layers 1..5"),
+    ([3, 99], "anchor layer 99 outside the target's layers 1..5.*trained on \\[3\\]"),
+    (3, "anchor_layers must be a list of target layer ids such as \\[3\\]"),
+    ([], "anchor_layers must be a list"),
+    (["3"], "anchor_layers must be a list"),
+])
+def test_anchor_override_outside_target_layers(tmp_path, target, anchors, match):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    with pytest.raises(SparrowConfigError, match=match):
+        translate({"method": "sparrow", "model": str(d), "anchor_layers": anchors}, tmc)
+
+
+def test_draft_trained_on_anchor_outside_target(tmp_path, target):
+    t, tmc = target
+    d = _draft(tmp_path, t, anchors=(6,))  # the target has layers 0..5
+    with pytest.raises(SparrowConfigError, match="not trained for this target.*anchor layer 6 outside.*sparrow train"):
+        translate({"method": "sparrow", "model": str(d)}, tmc)
+
+
+@pytest.mark.parametrize("field, key, value", [
+    ("hidden_size", "target_hidden_size", 128),
+    ("vocab_size", "target_vocab_size", 512),
+    ("num_hidden_layers", "target_num_layers", 12),
+])
+def test_draft_for_another_target_each_mismatch(tmp_path, target, field, key, value):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    text = {"hidden_size": 64, "num_hidden_layers": 6, "vocab_size": 300, field: value}
+    other = SimpleNamespace(model=str(t), hf_config=SimpleNamespace(**text))
+    want = {"hidden_size": 64, "vocab_size": 300, "num_hidden_layers": 6}[field]
+    with pytest.raises(SparrowConfigError,
+                       match=f"not trained for this target \\({key}: draft {want}, target {value}\\).*sparrow train"):
+        translate({"method": "sparrow", "model": str(d)}, other)
+
+
+def test_draft_dir_that_is_not_a_sparrow_draft(tmp_path, target):
+    t, tmc = target
+    f = tmp_path / "weights.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(SparrowConfigError, match="is a file, not a directory.*sparrow train"):
+        translate({"method": "sparrow", "model": str(f)}, tmc)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SparrowConfigError, match="has no config.json.*sparrow train"):
+        translate({"method": "sparrow", "model": str(empty)}, tmc)
+    (empty / "config.json").write_text("{not json")
+    with pytest.raises(SparrowConfigError, match="is not valid JSON.*sparrow train"):
+        translate({"method": "sparrow", "model": str(empty)}, tmc)
+    (empty / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(SparrowConfigError, match="is not a Sparrow draft \\(it is \\['LlamaForCausalLM'\\]\\)"):
+        translate({"method": "sparrow", "model": str(empty)}, tmc)
+    with pytest.raises(SparrowConfigError, match="\"model\" must be the path of a Sparrow draft directory, got 5"):
+        translate({"method": "sparrow", "model": 5}, tmc)
+
+
+# --- unsupported vLLM, and what the user sees on the command line --------------------------
+
+def test_unsupported_vllm_version(monkeypatch):
+    import sparrow_vllm
+
+    sparrow_vllm.check_vllm_version("0.32.0+cpu")
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(__version__="0.33.0"))
+    with pytest.raises(sparrow_vllm.UnsupportedVLLMVersion,
+                       match="supports vLLM 0.32.0 only, but vLLM 0.33.0 is installed.*pip install vllm==0.32.0"):
+        sparrow_vllm.check_vllm_version()
+    # register() (vLLM's plugin entry point) refuses before touching any vLLM internals.
+    monkeypatch.setattr(sparrow_vllm, "_registered", False)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    with pytest.raises(sparrow_vllm.UnsupportedVLLMVersion):
+        sparrow_vllm.register()
+    assert sparrow_vllm._registered is False
+
+
+@pytest.mark.parametrize("exc", [
+    SparrowConfigError("window_size must be a positive integer (text tokens), got 0."),
+    "version",
+])
+def test_excepthook_prints_one_line(monkeypatch, capsys, exc):
+    import sparrow_vllm
+
+    if exc == "version":
+        exc = sparrow_vllm.UnsupportedVLLMVersion("sparrow-vllm supports vLLM 0.32.0 only")
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    sparrow_vllm._install_excepthook()
+    try:
+        raise exc
+    except Exception as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+    err = capsys.readouterr().err
+    assert err == f"error: {exc}\n"
+
+
+@pytest.mark.vllm
+def test_vllm_serve_cli_fails_with_one_line(target_dir, tmp_path):
+    """The real CLI: a bad sparrow config ends `vllm serve` at start-up, before any engine
+    starts, with the message and no stack trace."""
+    import subprocess
+
+    from sparrow_vllm.cpu_env import apply_cpu_defaults
+    from sparrow_vllm.serve_utils import free_port
+
+    apply_cpu_defaults(2)
+    vllm = str(Path(sys.executable).parent / "vllm")
+    cases = [
+        ({"method": "sparrow", "num_speculative_token": 3},
+         "Unknown key(s) in the sparrow speculative config: 'num_speculative_token' "
+         "(did you mean 'num_speculative_tokens'?). Allowed keys: method, model, num_speculative_tokens"),
+        ({"method": "sparrow", "model": str(tmp_path / "no-draft")}, "no-draft does not exist"),
+        ({"method": "sparrow", "anchor_layers": [40]}, "anchor layer 40 outside the target's layers 1..29"),
+    ]
+    for config, message in cases:
+        p = subprocess.run([vllm, "serve", str(target_dir), "--host", "127.0.0.1", "--port", str(free_port()),
+                            "--dtype", "float32", "--enforce-eager", "--speculative-config", json.dumps(config)],
+                           capture_output=True, text=True, timeout=240)
+        assert p.returncode != 0, p.stdout[-2000:]
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], p.stderr[-3000:]
+        assert "Traceback" not in p.stderr + p.stdout, p.stderr[-3000:]
