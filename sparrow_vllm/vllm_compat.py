@@ -61,6 +61,32 @@ def patch_speculators() -> None:
 
 
 # --- 2 + 3. engine args ----------------------------------------------------------------
+SPEC_FLAGS = (("--spec-method", "spec_method", "method"), ("--spec-model", "spec_model", "model"),
+              ("--spec-tokens", "spec_tokens", "num_speculative_tokens"))
+
+
+def merge_spec_flags(args) -> dict | None:
+    """``--speculative-config`` with vLLM's ``--spec-method/--spec-model/--spec-tokens``
+    merged in, as vLLM 0.32's ``EngineArgs.create_speculative_config`` merges them (so
+    ``--spec-method sparrow`` is Sparrow too); ``args`` is left unchanged."""
+    from sparrow_vllm.spec_config import SparrowConfigError
+
+    sc = args.speculative_config
+    flags = [(flag, key, getattr(args, attr, None)) for flag, attr, key in SPEC_FLAGS]
+    if all(v is None for _, _, v in flags) or not (sc is None or isinstance(sc, dict)):
+        return sc
+    merged = dict(sc or {})
+    for flag, key, value in flags:
+        if value is None:
+            continue
+        if key in merged:
+            if merged.get("method", value if key == "method" else None) == "sparrow":
+                raise SparrowConfigError(f"{flag} and --speculative-config's {key!r} both given: pass one.")
+            return sc  # not ours: vLLM reports it
+        merged[key] = value
+    return merged
+
+
 def patch_engine_args() -> None:
     from vllm.engine.arg_utils import EngineArgs
 
@@ -70,12 +96,14 @@ def patch_engine_args() -> None:
 
     @functools.wraps(create)
     def create_speculative_config(self, target_model_config, target_parallel_config):
-        sc = self.speculative_config
+        sc = merge_spec_flags(self)
         if not (isinstance(sc, dict) and sc.get("method") == "sparrow"):
             return create(self, target_model_config, target_parallel_config)
         import os
 
         from sparrow_vllm import spec_config
+
+        self.spec_method = self.spec_model = self.spec_tokens = None  # merged into sc
 
         # SparrowProposer lives in the V1 model runner (GPUModelRunner); vLLM 0.32 defaults
         # to Model Runner V2 on GPU, which has its own speculators. Processes vLLM spawns

@@ -89,3 +89,22 @@ def test_cli_user_mistake_is_one_clear_line(tmp_path):
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: Sparrow draft directory")
+
+
+def test_spec_flags_merge_like_vllm():
+    from types import SimpleNamespace
+
+    from sparrow_vllm.vllm_compat import merge_spec_flags
+
+    def args(sc=None, **kw):
+        return SimpleNamespace(speculative_config=sc, spec_method=kw.get("m"), spec_model=kw.get("d"),
+                               spec_tokens=kw.get("k"))
+
+    assert merge_spec_flags(args(m="sparrow", k=4)) == {"method": "sparrow", "num_speculative_tokens": 4}
+    assert merge_spec_flags(args({"method": "sparrow"}, d="/d")) == {"method": "sparrow", "model": "/d"}
+    assert merge_spec_flags(args({"method": "ngram"})) == {"method": "ngram"}
+    with pytest.raises(spec_config.SparrowConfigError, match="--spec-tokens and --speculative-config"):
+        merge_spec_flags(args({"method": "sparrow", "num_speculative_tokens": 3}, k=5))
+    # Another method's conflict is left to vLLM's own message.
+    assert merge_spec_flags(args({"method": "ngram", "num_speculative_tokens": 3}, k=5)) == \
+        {"method": "ngram", "num_speculative_tokens": 3}
