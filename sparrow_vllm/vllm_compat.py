@@ -8,7 +8,7 @@ Each patch names the upstream symbol it relies on and is checked at start-up
 2. ``vllm.engine.arg_utils.EngineArgs.create_speculative_config``: translates
    ``{"method": "sparrow", ...}`` into vLLM's EAGLE-3 path (see ``spec_config``).
 3. ``vllm.engine.arg_utils.EngineArgs.add_cli_args``: lets ``--speculative-config sparrow``
-   (a bare word, not JSON) parse.
+   (a bare word, not JSON) and ``--spec-method sparrow`` parse.
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
    base): uses ``SparrowProposer`` as the runner's ``EagleProposer`` when the draft is a
    Sparrow draft.
@@ -141,6 +141,8 @@ def patch_engine_args() -> None:
         for action in getattr(parser, "_actions", []):
             if "--speculative-config" in action.option_strings and action.type is not None:
                 action.type = _speculative_config_type(action.type)
+            if "--spec-method" in action.option_strings and isinstance(action.choices, list):
+                action.choices = [*action.choices, "sparrow"]  # merged by merge_spec_flags
         return parser
 
     patched_add_cli_args._sparrow = True

@@ -54,6 +54,7 @@ def test_bare_word_speculative_config_parses():
     assert parser.parse_args(["--speculative-config", "sparrow"]).speculative_config == {"method": "sparrow"}
     assert parser.parse_args(["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}']
                              ).speculative_config["method"] == "ngram"
+    assert parser.parse_args(["--spec-method", "sparrow", "--spec-tokens", "4"]).spec_method == "sparrow"
 
 
 def test_torchvision_imports_beside_cpu_torch():
