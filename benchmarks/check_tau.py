@@ -77,7 +77,7 @@ def main() -> int:
         "target": str(target), "cells": [{"prompts": [s]} for s in specs],
         "sampling": {"max_tokens": max_new},
         "engine": {"max_num_seqs": 1, "max_model_len": visual_tokens(max(s["frames"] for s in specs)) + 512,
-                   "max_num_batched_tokens": 8192},
+                   "max_num_batched_tokens": max(8192, visual_tokens(max(s["frames"] for s in specs)) + 512)},
         "speculative_config": {"method": args.method, "model": str(args.draft), "num_speculative_tokens": args.k},
     }, timeout=6 * 3600)
 

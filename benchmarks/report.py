@@ -1,6 +1,6 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|drafts|tau
+    python benchmarks/report.py kernels|target|drafts|tau|serve|reliability
 """
 
 from __future__ import annotations
@@ -68,5 +68,37 @@ def tau() -> str:
     return "\n".join(out)
 
 
+def serve() -> str:
+    """benchmarks/bench_serve.py: one row per method and concurrency."""
+    d = json.loads((RESULTS / "bench_serve.json").read_text())
+    out = ["| method | concurrency | requests | TTFT (median) | TPOT (median) | output tok/s | tau | "
+           "throughput vs none |", "|---|---|---|---|---|---|---|---|"]
+    for method, levels in d["methods"].items():
+        for r in levels:
+            tau = f"{r['mean_accepted_length']:.2f}" if r.get("mean_accepted_length") else "-"
+            out.append(f"| {method} | {r['concurrency']} | {r['completed']}/{r['requests']} | {r['ttft_s_median']:.2f} s | "
+                       f"{r['tpot_s_median'] * 1e3:.0f} ms | {r['output_throughput_tok_s']:.1f} | {tau} | "
+                       f"{r.get('throughput_ratio_vs_none', 1.0):.2f} |")
+    g = d["greedy_mismatches"]
+    hw = d["hardware"]
+    out.append(f"\nGreedy outputs differing from no speculation: "
+               + ", ".join(f"{m} {g['mismatches'][m]}/{g['compared'][m]}" for m in g["mismatches"])
+               + f". {hw['cpu']}, {hw['cores']} cores, vLLM {hw['vllm']}, torch {hw['torch']}; {hw['note']}")
+    return "\n".join(out)
+
+
+def reliability() -> str:
+    """benchmarks/bench_load.py: concurrent streams with client aborts against vllm serve."""
+    d = json.loads((RESULTS / "reliability.json").read_text())
+    f, c = d["figures"], d["config"]
+    return (f"| requests | in flight | served | aborted by the client | errors | mismatches vs no speculation | "
+            f"left in the engine | load time |\n|---|---|---|---|---|---|---|---|\n"
+            f"| {f['requests']} | {c['concurrency']} | {f['served']} | {f['aborted']} | {f['errors']} | "
+            f"{f['mismatches']} | {int(f['requests_left_in_engine'])} | {f['load_s']:.0f} s |\n\n"
+            f"Videos of {c['visual_tokens_range'][0]:,}-{c['visual_tokens_range'][1]:,} visual tokens, "
+            f"k={c['k']}, max_tokens {c['max_tokens']}, server alive afterwards: {f['server_alive_after_load']}.")
+
+
 if __name__ == "__main__":
-    print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau}[sys.argv[1]]())
+    print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau, "serve": serve,
+           "reliability": reliability}[sys.argv[1]]())

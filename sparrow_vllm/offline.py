@@ -82,8 +82,12 @@ def run_engine(spec: dict) -> dict:
                   max_num_seqs=4, disable_log_stats=False, enable_prefix_caching=True, seed=0,
                   limit_mm_per_prompt={"video": 1, "image": 1})
     kwargs.update(spec.get("engine", {}))
+    # vLLM 0.32 sizes its encoder cache max(max_num_batched_tokens, ~8k tokens of a profiled
+    # video): a longer video is refused unless one prefill step may hold all of it.
+    kwargs.setdefault("max_num_batched_tokens", max(8192, kwargs["max_model_len"]))
     if spec.get("speculative_config"):
         kwargs["speculative_config"] = spec["speculative_config"]
+    profile = _DraftProfile() if spec.get("profile_draft") else None
     t0 = time.perf_counter()
     llm = LLM(**kwargs)
     engine_s = time.perf_counter() - t0
@@ -96,14 +100,39 @@ def run_engine(spec: dict) -> dict:
         if cell.get("warmup"):
             llm.generate(_build_prompts(processor, cell["warmup"]), sampling, use_tqdm=False)
             before = _spec_metrics(llm)
+        if profile:
+            profile.read()  # drop the warm-up's calls
         cell_result = _run_cell(llm, processor, cell["prompts"], sampling)
         after = _spec_metrics(llm)
         cell_result["spec"] = _metrics_delta(before, after)
+        if profile:
+            cell_result["draft_calls"], cell_result["draft_s"] = profile.read()
         before = after
         results.append(cell_result)
     if not spec.get("cells"):
         return {"engine_start_s": engine_s, **results[0]}
     return {"engine_start_s": engine_s, "cells": results}
+
+
+class _DraftProfile:
+    """Reads the per-``propose()`` wall times the engine appends to ``SPARROW_PROFILE``
+    (set before the engine starts: its processes inherit it; see vllm_compat._time_drafter)."""
+
+    def __init__(self):
+        import tempfile
+
+        fd, self.path = tempfile.mkstemp(prefix="sparrow-profile-", suffix=".txt")
+        os.close(fd)
+        os.environ["SPARROW_PROFILE"] = self.path
+        self.offset = 0
+
+    def read(self) -> tuple[int, float]:
+        """``(calls, seconds)`` since the last read."""
+        with open(self.path) as f:
+            f.seek(self.offset)
+            lines = f.read().split()
+            self.offset = f.tell()
+        return len(lines), sum(float(x) for x in lines)
 
 
 def _run_cell(llm, processor, prompt_specs, sampling) -> dict:

@@ -90,12 +90,14 @@ class SparrowProposer(EagleProposer):
         self._last_draft_probs = None
         step = self._step_view(common_attn_metadata, target_token_ids, next_token_ids, num_rejected_tokens_gpu)
         rows, ctx, input_ids, positions, last_entry = self._text_entries(step)
+        if len(rows) == 0 or k == 0:
+            # No text token this step (prefill chunks that are all video): nothing to draft
+            # from, and every request is mid-prefill, so vLLM discards these drafts.
+            return torch.zeros(step.num_reqs, k, device=step.device, dtype=torch.int64)
         hidden = self.model.combine_hidden_states(target_hidden_states[step.to_dev(rows)])
         if self._dump_path:
             self._dump(ctx)
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
-        if k == 0:
-            return torch.empty(step.num_reqs, 0, device=step.device, dtype=torch.int64)
 
         # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
         # chunk that is all video; vLLM discards drafts of partial prefills).

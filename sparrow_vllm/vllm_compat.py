@@ -177,10 +177,40 @@ def _patch_model_runner(module) -> None:
             # gpu_model_runner builds `EagleProposer(...)` for method eagle3 and checks
             # isinstance(self.drafter, EagleProposer): our subclass satisfies both.
             module.EagleProposer = SparrowProposer
-        return init(self, vllm_config, *args, **kwargs)
+        result = init(self, vllm_config, *args, **kwargs)
+        _time_drafter(self)
+        return result
 
     __init__._sparrow = True
     runner_cls.__init__ = __init__
+
+
+def _time_drafter(runner) -> None:
+    """``SPARROW_PROFILE=FILE``: append the wall time (s) of every ``runner.drafter.propose``
+    call to FILE, one per line (benchmarks split engine time into draft and target with it;
+    works for any drafter: Sparrow's and vLLM's eagle3)."""
+    import os
+    import time
+
+    path = os.environ.get("SPARROW_PROFILE")
+    drafter = getattr(runner, "drafter", None)
+    if not path or drafter is None:
+        return
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    propose = drafter.propose
+
+    def timed_propose(*args, **kwargs):
+        sync()
+        t0 = time.perf_counter()
+        out = propose(*args, **kwargs)
+        sync()
+        with open(path, "a") as f:
+            f.write(f"{time.perf_counter() - t0:.6f}\n")
+        return out
+
+    drafter.propose = timed_propose
 
 
 class _PostImportHook(importlib.abc.MetaPathFinder):

@@ -99,3 +99,17 @@ def test_sampling_runs_through_vllm_rejection_sampler(target_dir, sparrow_draft,
     assert all(len(o["token_ids"]) > 0 for o in got["outputs"])
     greedy = [o["token_ids"] for o in reference["outputs"][:n]]
     assert [o["token_ids"] for o in got["outputs"]] != greedy
+
+
+def test_prefill_chunks_of_video_only(target_dir, sparrow_draft):
+    """One request at a time with 128-token chunks: most prefill steps hold no text token at
+    all (the draft has nothing to read; vLLM discards drafts of partial prefills)."""
+    prompts = world_prompt_specs("test", [1, 2], [64, 128])
+    engine = {"max_model_len": 2048, "max_num_seqs": 1, "enable_chunked_prefill": True, "max_num_batched_tokens": 128}
+    ref = run_engine_subprocess({"target": str(target_dir), "prompts": prompts, "sampling": {"max_tokens": 24},
+                                 "engine": engine})
+    got = run_engine_subprocess({"target": str(target_dir), "prompts": prompts, "sampling": {"max_tokens": 24},
+                                 "engine": engine, "speculative_config": {
+                                     "method": "sparrow", "model": str(sparrow_draft), "num_speculative_tokens": 3}})
+    _assert_identical(ref, got)
+    assert got["spec"]["num_drafts"] > 0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild the committed drafts of the embedded target (~25 min on 2 cores, one job at a time):
+# Rebuild the committed drafts of the embedded target and their test figures at ~1k and ~25k
+# visual tokens (~45 min on 2 cores, one job at a time):
 #   bash sparrow_vllm/draft/rebuild_defaults.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,8 +16,11 @@ TR="--data $R/data/train --val-data $R/data/val --steps 800 --seed 0 --mtp-depth
 log "train sparrow"; $S train $TR --out "$R/sparrow-default" --recipe sparrow --anchor-layers 15 --window 128 > "$R/logs/train_sparrow.log" 2>&1
 log "train eagle3";  $S train $TR --out "$R/eagle3-baseline" --recipe eagle3 --anchor-layers 2,15,27 > "$R/logs/train_eagle3.log" 2>&1
 log "data test1k"; $S data --target "$T" --out "$R/data/test1k" --split test --n 16 --visual-tokens 1024 --all-positions --layers $L --shard-size 8 > "$R/logs/data_test1k.log" 2>&1
+log "data test25k"; $S data --target "$T" --out "$R/data/test25k" --split test --n 4 --visual-tokens 25000 --all-positions --layers 2,15,27 --shard-size 1 --threads 2 > "$R/logs/data_test25k.log" 2>&1
 for d in sparrow-default eagle3-baseline; do
-  log "eval $d";  $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test1k" --k 1 3 5 --out "$R/eval/$d.1k.json" > "$R/logs/eval_$d.log" 2>&1
+  for v in 1k 25k; do
+    log "eval $d $v"; $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test$v" --k 1 3 5 --threads 2 --out "$R/eval/$d.$v.json" > "$R/logs/eval_$d.$v.log" 2>&1
+  done
   mkdir -p "sparrow_vllm/assets/drafts/$d"
   cp "$R/$d/config.json" "$R/$d/model.safetensors" "$R/$d/training.json" "sparrow_vllm/assets/drafts/$d/"
 done
@@ -24,7 +28,8 @@ done
 import json, sys
 from pathlib import Path
 r = Path(sys.argv[1])
-reports = [json.loads((r / "eval" / f"{d}.1k.json").read_text()) for d in ("sparrow-default", "eagle3-baseline")]
+reports = [json.loads((r / "eval" / f"{d}.{v}.json").read_text())
+           for v in ("1k", "25k") for d in ("sparrow-default", "eagle3-baseline")]
 Path("benchmarks/results/draft_eval.json").write_text(json.dumps(reports, indent=1))
 PY
 log "done"

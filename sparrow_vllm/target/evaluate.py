@@ -75,5 +75,10 @@ def _summary(rows, split, n, num_frames, start_index, t0) -> dict:
 
 
 def write_report(results: list[dict], path: Path) -> None:
+    """Rows of ``path`` for other (split, visual tokens) stay; these replace their own."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
+    key = lambda r: (r["split"], r["visual_tokens"])  # noqa: E731
+    old = json.loads(path.read_text()) if path.exists() else []
+    new = {key(r) for r in results}
+    rows = [r for r in old if key(r) not in new] + results
+    path.write_text(json.dumps(sorted(rows, key=key), indent=1))
