@@ -1,6 +1,6 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|drafts|tau|serve|reliability
+    python benchmarks/report.py kernels|target|drafts|tau|offline|serve|reliability
 """
 
 from __future__ import annotations
@@ -68,6 +68,29 @@ def tau() -> str:
     return "\n".join(out)
 
 
+def offline(path: Path = RESULTS / "bench_offline.json") -> str:
+    """benchmarks/bench_offline.py: one row per (visual tokens, batch), methods side by side."""
+    d = json.loads(Path(path).read_text())
+    rows = {m: {(r["visual_tokens"], r["batch"]): r for r in rs} for m, rs in d["methods"].items()}
+    out = ["| visual tokens | batch | none: decode tok/s | eagle3: tau / speedup | sparrow: tau / speedup | "
+           "draft share of time: eagle3 / sparrow | sparrow: bound tau/(1+kc) | sparrow: verify step / plain step |",
+           "|---|---|---|---|---|---|---|---|"]
+
+    def ts(r):
+        return f"{r['mean_accepted_length'] or 1:.2f} / {r.get('speedup_vs_none', 0):.2f}x" if r else "-"
+
+    for key in sorted(rows.get("none", {})):
+        n, e, sp = rows["none"][key], rows.get("eagle3", {}).get(key), rows.get("sparrow", {}).get(key)
+        share = " / ".join(f"{r['draft_share']:.0%}" if r and r.get("draft_share") else "-" for r in (e, sp))
+        bound = f"{sp['speedup_bound']:.2f}x" if sp and sp.get("speedup_bound") else "-"
+        ver = f"{sp['verify_over_plain_step']:.2f}x" if sp and sp.get("verify_over_plain_step") else "-"
+        out.append(f"| {key[0]:,} | {key[1]} | {n['decode_tok_s']:.1f} | {ts(e)} | {ts(sp)} | {share} | {bound} | {ver} |")
+    hw = d["hardware"]
+    out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; k={d['config']['k']}, greedy, "
+               f"max_tokens {d['config']['max_tokens']}.")
+    return "\n".join(out)
+
+
 def serve() -> str:
     """benchmarks/bench_serve.py: one row per method and concurrency."""
     d = json.loads((RESULTS / "bench_serve.json").read_text())
@@ -100,5 +123,5 @@ def reliability() -> str:
 
 
 if __name__ == "__main__":
-    print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau, "serve": serve,
+    print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau, "offline": offline, "serve": serve,
            "reliability": reliability}[sys.argv[1]]())
