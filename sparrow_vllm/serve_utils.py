@@ -1,4 +1,5 @@
-"""Start and stop a loopback ``vllm serve`` for tests and benchmarks; encode videos as mp4."""
+"""A loopback ``vllm serve`` for tests and benchmarks: start and stop it, stream chats from it,
+read its ``/metrics``; encode videos as mp4."""
 
 from __future__ import annotations
 
@@ -83,6 +84,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
+        # The engine's processes can outlive the API server by a moment, then stay zombies until
+        # init reaps them: stopped means the whole group is gone (stragglers killed after 20 s).
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0 if time.time() < deadline - 10 else signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
         self.log.close()
 
     def __enter__(self):
@@ -90,6 +100,15 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# vLLM V1 Prometheus counters (vllm/v1/metrics/loggers.py, vLLM 0.32) under the keys
+# spec_decode_stats gives their increase.
+SPEC_DECODE_COUNTERS = {"num_drafts": "vllm:spec_decode_num_drafts_total",
+                        "num_draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
+                        "num_accepted_tokens": "vllm:spec_decode_num_accepted_tokens_total",
+                        "num_preemptions": "vllm:num_preemptions_total"}
+ACCEPTED_PER_POSITION = "vllm:spec_decode_num_accepted_tokens_per_pos_total"  # {position="i"}
 
 
 def metric_value(metrics_text: str, name: str) -> float:
@@ -111,6 +130,34 @@ def labelled_metric_value(metrics_text: str, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(w in line.split("}")[0] for w in want):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def finished_in_engine(metrics_text: str) -> float:
+    """Requests the engine ran to their end (stop or length): a client abort that reached the
+    engine in time is not among them."""
+    name = "vllm:request_success_total"
+    return metric_value(metrics_text, name) - labelled_metric_value(metrics_text, name, finished_reason="abort")
+
+
+def _accepted_per_position(metrics_text: str) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(ACCEPTED_PER_POSITION + "{") and 'position="' in line:
+            pos = int(line.split('position="')[1].split('"')[0])
+            out[pos] = out.get(pos, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def spec_decode_stats(before: str, after: str) -> dict:
+    """Speculative decoding between two ``/metrics`` texts of one server: the increase of each
+    of :data:`SPEC_DECODE_COUNTERS`, ``mean_accepted_length`` (tau = 1 + accepted / drafts;
+    None without drafts) and ``acceptance_per_position`` (accepted at draft position i / drafts)."""
+    stats = {key: int(metric_value(after, name) - metric_value(before, name))
+             for key, name in SPEC_DECODE_COUNTERS.items()}
+    drafts, a, b = stats["num_drafts"], _accepted_per_position(before), _accepted_per_position(after)
+    stats["mean_accepted_length"] = 1 + stats["num_accepted_tokens"] / drafts if drafts else None
+    stats["acceptance_per_position"] = [(b[i] - a.get(i, 0.0)) / drafts for i in sorted(b)] if drafts else []
+    return stats
 
 
 def chat_body(model: str, question: str, video_url: str | None = None, max_tokens: int = 24,
@@ -139,21 +186,31 @@ def request_json(url: str, body: dict, timeout: float = 300) -> tuple[int, dict]
         return status, {"raw": raw.decode(errors="replace")}
 
 
-def stream_chat(url: str, body: dict, abort_after: int | None = None, timeout: float = 300) -> dict:
-    """A streamed chat completion (``url`` ends in ``/v1/chat/completions``).
+def _stream_result(**kw) -> dict:
+    return {"status": None, "text": "", "chunks": 0, "finish_reason": None, "aborted": False, "error": None,
+            "token_ids": [], "usage": None, "ttft_s": None, "e2e_s": None, **kw}
+
+
+def stream_chat(url: str, body: dict, abort_after: int | None = None, timeout: float = 300,
+                total_timeout: float | None = None) -> dict:
+    """A streamed chat completion (``url`` ends in ``/v1/chat/completions``), timed on the client
+    as ``vllm bench serve`` times it.
 
     ``abort_after=n``: the client closes the connection after ``n`` content chunks, as a user
-    who stops reading does. Returns ``{"status", "text", "chunks", "finish_reason",
-    "aborted", "error"}``; ``error`` is set for an HTTP error, an error event in the stream,
-    a timeout or a stream that ends without ``[DONE]``.
+    who stops reading does. ``timeout`` bounds each socket read, ``total_timeout`` (if given)
+    the whole exchange. Returns ``{"status", "text", "chunks", "finish_reason", "aborted",
+    "error", "token_ids", "usage", "ttft_s", "e2e_s"}``: ``token_ids`` and ``usage`` are there
+    when ``body`` asks for them (``return_token_ids``, ``stream_options.include_usage``);
+    ``ttft_s`` is the time to the first tokens (None if none came), ``e2e_s`` to the end.
+    ``error`` is set for an HTTP error (its body; ``status`` has the code), an error event in
+    the stream (its error object), a timeout or a stream that ends without ``[DONE]``.
     """
     import urllib.error
 
-    out = {"status": None, "text": "", "chunks": 0, "finish_reason": None, "aborted": False,
-           "error": None}
+    out = _stream_result()
     req = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(),
                                  headers={"Content-Type": "application/json"})
-    pieces, done = [], False
+    pieces, done, t0 = [], False, time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             out["status"] = r.status
@@ -168,18 +225,26 @@ def stream_chat(url: str, body: dict, abort_after: int | None = None, timeout: f
                 if "error" in event:
                     out["error"] = event["error"]
                     break
+                out["usage"] = event.get("usage") or out["usage"]
                 for choice in event.get("choices", []):
-                    if choice["delta"].get("content"):
-                        pieces.append(choice["delta"]["content"])
+                    content, ids = choice["delta"].get("content"), choice.get("token_ids") or []
+                    if out["ttft_s"] is None and (content or ids):
+                        out["ttft_s"] = time.perf_counter() - t0
+                    if content:
+                        pieces.append(content)
                         out["chunks"] += 1
+                    out["token_ids"] += ids
                     out["finish_reason"] = choice.get("finish_reason") or out["finish_reason"]
                 if abort_after is not None and out["chunks"] >= abort_after:
                     out["aborted"] = True
                     break  # leaving the with-block closes the socket mid-stream
+                if total_timeout is not None and time.perf_counter() - t0 > total_timeout:
+                    raise TimeoutError(f"request exceeded {total_timeout:.0f} s")
     except urllib.error.HTTPError as e:
         out["status"], out["error"] = e.code, e.read().decode(errors="replace")
-    except (OSError, ValueError) as e:  # connection reset, timeout, a malformed event
+    except Exception as e:  # noqa: BLE001 - connection reset, timeout, a malformed event: reported
         out["error"] = f"{type(e).__name__}: {e}"
+    out["e2e_s"] = time.perf_counter() - t0
     out["text"] = "".join(pieces)
     if not (done or out["aborted"] or out["error"]):
         out["error"] = "stream ended without [DONE]"
@@ -209,9 +274,7 @@ def run_streams(url: str, bodies: list[dict], abort_after: list[int | None], tim
     end = time.time() + deadline
     for t in threads:
         t.join(max(0.0, end - time.time()))
-    hung = {"status": None, "text": "", "chunks": 0, "finish_reason": None, "aborted": False,
-            "error": f"no answer within {deadline} s"}
-    return [r if r is not None else dict(hung) for r in results]
+    return [r if r is not None else _stream_result(error=f"no answer within {deadline} s") for r in results]
 
 
 def load_figures(results: list[dict], keys: list, references: dict) -> dict:

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from sparrow_vllm.serve_utils import (Server, chat_body, labelled_metric_value, load_figures, metric_value,
-                                      request_json, run_streams, stream_chat, write_mp4)
+from sparrow_vllm.serve_utils import (Server, chat_body, finished_in_engine, load_figures, metric_value, request_json,
+                                      run_streams, stream_chat, write_mp4)
 from sparrow_vllm.world import make_sample
 
 pytestmark = pytest.mark.vllm
@@ -174,11 +174,6 @@ def test_odd_request_is_served(server, media, good_answer, case):
     assert ok == 200 and again["choices"][0]["message"]["content"] == good_answer
 
 
-def _finished_in_engine(metrics: str) -> float:
-    name = "vllm:request_success_total"
-    return metric_value(metrics, name) - labelled_metric_value(metrics, name, finished_reason="abort")
-
-
 def _load_prompts(model, media) -> list[dict]:
     prompts = []
     for i, _ in enumerate(LOAD_FRAMES):
@@ -192,7 +187,7 @@ def test_64_concurrent_streams_with_client_aborts(server, media, good_answer):
     prompts = _load_prompts(server.model_name, media)
     keys = [i % len(prompts) for i in range(LOAD_REQUESTS)]
     abort_after = [1 + (i // ABORT_EVERY) % 2 if i % ABORT_EVERY == 0 else None for i in range(LOAD_REQUESTS)]
-    finished_before = _finished_in_engine(server.get("/metrics"))
+    finished_before = finished_in_engine(server.get("/metrics"))
     t0 = time.time()
     results = run_streams(server.chat_url, [prompts[k] for k in keys], abort_after, timeout=120, deadline=240)
     elapsed = time.time() - t0
@@ -209,9 +204,7 @@ def test_64_concurrent_streams_with_client_aborts(server, media, good_answer):
     assert metric_value(m, "vllm:spec_decode_num_drafts_total") > 0
     ok, again = request_json(server.chat_url, _good(server, media), timeout=120)
     assert ok == 200 and again["choices"][0]["message"]["content"] == good_answer
-    # Requests the engine ran to their end (stop or length); a client abort that reached the
-    # engine in time is not among them.
-    cut_short = LOAD_REQUESTS - (_finished_in_engine(m) - finished_before)
+    cut_short = LOAD_REQUESTS - (finished_in_engine(m) - finished_before)
     STATE.update(prompts=prompts, keys=keys, results=results, elapsed=elapsed, cut_short=cut_short,
                  intended_aborts=sum(a is not None for a in abort_after))
     errors = [r["error"] for r in results if r["error"]]

@@ -2,11 +2,10 @@
 
 import base64
 import json
-import urllib.request
 
 import pytest
 
-from sparrow_vllm.serve_utils import Server, metric_value, write_mp4
+from sparrow_vllm.serve_utils import Server, chat_body, metric_value, stream_chat, write_mp4
 from sparrow_vllm.world import make_sample
 
 pytestmark = pytest.mark.vllm
@@ -24,14 +23,6 @@ def server(target_dir, sparrow_draft, tmp_path_factory):
         yield s
 
 
-def _chat(server, video_url, question, **kw):
-    body = {"model": server.model_name, "max_tokens": 24, "temperature": 0,
-            "messages": [{"role": "user", "content": [
-                {"type": "video_url", "video_url": {"url": video_url}},
-                {"type": "text", "text": question}]}], **kw}
-    return body
-
-
 @pytest.fixture(scope="module")
 def video(server):
     s = make_sample("test", 5, 64)
@@ -42,9 +33,9 @@ def video(server):
 
 def test_chat_with_file_and_base64_video(server, video):
     sample, path = video
-    a = server.post("/v1/chat/completions", _chat(server, f"file://{path}", sample.question))
+    a = server.post("/v1/chat/completions", chat_body(server.model_name, sample.question, f"file://{path}"))
     data_url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
-    b = server.post("/v1/chat/completions", _chat(server, data_url, sample.question))
+    b = server.post("/v1/chat/completions", chat_body(server.model_name, sample.question, data_url))
     # vLLM's video-file loader samples frames (2 fps by default): some visual tokens, at least
     # the 4-frame minimum (32 tokens) on top of the ~40 text tokens.
     assert a["usage"]["prompt_tokens"] >= 40 + 32
@@ -54,19 +45,10 @@ def test_chat_with_file_and_base64_video(server, video):
 
 def test_streamed_chat_equals_unstreamed(server, video):
     sample, path = video
-    body = _chat(server, f"file://{path}", "Describe the video.")
+    body = chat_body(server.model_name, "Describe the video.", f"file://{path}")
     full = server.post("/v1/chat/completions", body)["choices"][0]["message"]["content"]
-    req = urllib.request.Request(server.url + "/v1/chat/completions",
-                                 data=json.dumps({**body, "stream": True}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    pieces = []
-    with urllib.request.urlopen(req, timeout=600) as r:
-        for raw in r:
-            line = raw.decode().strip()
-            if line.startswith("data: ") and line != "data: [DONE]":
-                delta = json.loads(line[6:])["choices"][0]["delta"]
-                pieces.append(delta.get("content") or "")
-    assert len(pieces) > 1 and "".join(pieces) == full
+    streamed = stream_chat(server.url + "/v1/chat/completions", body, timeout=600)
+    assert not streamed["error"] and streamed["chunks"] > 1 and streamed["text"] == full, streamed
 
 
 def test_metrics_show_speculative_decoding(server, video):
