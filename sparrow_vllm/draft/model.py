@@ -216,8 +216,8 @@ class SparrowDraftModel(nn.Module):
 def causal_window_mask(n: int, window: int, valid: torch.Tensor | None = None, query_from: int = 0) -> torch.Tensor:
     """Rows ``query_from..n-1`` x keys ``0..n-1``: query i reads keys i-W+1..i (and only
     ``valid`` ones, itself always). Indices are rows of the stored sequence (text indices for
-    Sparrow). ``[n - query_from, n]``, or ``[B, ., .]`` with ``valid [B, n]``."""
-    i = torch.arange(n)
+    Sparrow). ``[n - query_from, n]``, or ``[B, ., .]`` with ``valid [B, n]`` (on its device)."""
+    i = torch.arange(n, device=valid.device if valid is not None else None)
     d = i[query_from:, None] - i[None, :]
     m = (d >= 0) & (d < window)
     if valid is not None:
@@ -234,13 +234,13 @@ def mtp_mask(n: int, step: int, window: int, valid: torch.Tensor, query_from: in
     r = 2..step) inside the window, exactly as a chain at inference does.
     valid ``[B, n]`` -> ``[B, n - query_from, n + (step - 1)(n - query_from)]``.
     """
-    i = torch.arange(n)
+    i = torch.arange(n, device=valid.device)
     j = i[query_from:]
     d = (j + step - 1)[:, None] - i[None, :]
     base = (i[None, :] <= j[:, None]) & (d < window)
     base = base[None] & valid[:, None, :]
     m = len(j)
-    eye = torch.eye(m, dtype=torch.bool)
+    eye = torch.eye(m, dtype=torch.bool, device=valid.device)
     chain = [(eye & (step - r < window))[None].expand(valid.shape[0], m, m) for r in range(2, step + 1)]
     return torch.cat([base] + chain, -1)
 

@@ -33,14 +33,14 @@ def prefill(model: SparrowDraftModel, next_ids, g, positions, query_from: int = 
     n = next_ids.shape[0]
     w = window_of(model)
     if model.config.num_layers == 1:
-        i = torch.arange(n)
+        i = torch.arange(n, device=next_ids.device)
         q = i[query_from:]
         d = q[:, None] - i[None, :]
         mask = ((d >= 0) & (d < w))[None]
         out, kv = model(next_ids[None], g[None], positions[None], mask, query_from=query_from)
         return out[0], kv
     # Deeper drafts need every row of the earlier layers: full forward, then slice.
-    out, kv = model(next_ids[None], g[None], positions[None], causal_window_mask(n, w)[None])
+    out, kv = model(next_ids[None], g[None], positions[None], causal_window_mask(n, w).to(next_ids.device)[None])
     return out[0, query_from:], kv
 
 

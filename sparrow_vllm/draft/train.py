@@ -94,17 +94,31 @@ def build_vocab(samples: list[dict], size: int, eos_ids: list[int], target_vocab
 
 
 # ---- loss / metrics ----------------------------------------------------------------------------
+def _labels(batch: dict, C: int, s: int, t2d_table: torch.Tensor):
+    """``(has, label_d)`` of MTP step ``s``: origins with a target label, its draft id (-1: OOV)."""
+    label_t = shift(batch["greedy"], s, fill=-1)[:, C:]       # target id at origin+s
+    has = label_t >= 0
+    return has, torch.where(has, t2d_table[label_t.clamp_min(0)], -1)
+
+
+def label_counts(batch: dict, C: int, depth: int, t2d_table: torch.Tensor) -> torch.Tensor:
+    """``[depth]`` float: origins whose step-s label is in the draft vocab (the CE terms)."""
+    return torch.tensor([float((_labels(batch, C, s, t2d_table)[1] >= 0).sum()) for s in range(1, depth + 1)])
+
+
 def mtp_loss(model: SparrowDraftModel, batch: dict, C: int, depth: int, step_decay: float,
-             t2d_table: torch.Tensor):
-    """Returns ``(loss, correct[s], count[s])`` (per-step top-1 on labelled origins)."""
+             t2d_table: torch.Tensor, denominators: torch.Tensor | None = None):
+    """Returns ``(loss, correct[s], count[s])`` (per-step top-1 on labelled origins).
+
+    ``denominators [depth]``: divide step s's CE sum by this instead of taking its mean
+    (data-parallel ranks pass the global count / world size, so that the mean of their
+    losses is the loss of the whole batch)."""
     g = model.combine_hidden_states(batch["hidden"])
     outs = mtp_unroll(model, batch["ids"], g, batch["positions"], batch["valid"], depth, query_from=C)
     loss = 0.0
     correct, count = [], []
     for s, prenorm in enumerate(outs, start=1):
-        label_t = shift(batch["greedy"], s, fill=-1)[:, C:]       # target id at origin+s
-        has = label_t >= 0
-        label_d = torch.where(has, t2d_table[label_t.clamp_min(0)], -1)
+        has, label_d = _labels(batch, C, s, t2d_table)
         logits = model.logits(prenorm)
         lg = logits[has]
         ld = label_d[has]
@@ -112,12 +126,24 @@ def mtp_loss(model: SparrowDraftModel, batch: dict, C: int, depth: int, step_dec
             ce = F.cross_entropy(lg, ld.clamp_min(0), reduction="none")
             ce = ce[ld >= 0]
             if ce.numel():
-                loss = loss + step_decay ** (s - 1) * ce.mean()
+                mean = ce.mean() if denominators is None else ce.sum() / denominators[s - 1]
+                loss = loss + step_decay ** (s - 1) * mean
             correct.append(int(((lg.argmax(-1) == ld) & (ld >= 0)).sum()))
         else:
             correct.append(0)
         count.append(int(has.sum()))
     return loss, correct, count
+
+
+class MTPLoss(torch.nn.Module):
+    """:func:`mtp_loss` as ``forward``: DDP arms its gradient all-reduce only in ``forward``."""
+
+    def __init__(self, model: SparrowDraftModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, C, depth, step_decay, t2d_table, denominators=None):
+        return mtp_loss(self.model, batch, C, depth, step_decay, t2d_table, denominators)
 
 
 @torch.no_grad()
@@ -126,8 +152,10 @@ def evaluate_acc(model, seqs, depth, t2d_table, batch_size=16) -> dict:
     tot_c = np.zeros(depth)
     tot_n = np.zeros(depth)
     tot_loss, nb = 0.0, 0
+    device = t2d_table.device
     for i in range(0, len(seqs), batch_size):
         batch, C = collate(seqs[i:i + batch_size], depth, model.config.num_layers)
+        batch = {k: v.to(device) for k, v in batch.items()}
         loss, c, n = mtp_loss(model, batch, C, depth, 1.0, t2d_table)
         tot_c += c
         tot_n += n
@@ -183,10 +211,20 @@ def _target_parts(target_dir, cfg: SparrowDraftConfig):
     return embed, norm
 
 
-def train(a: TrainArgs, log=print) -> Path:
+@dataclass
+class TrainRun:
+    """What the loop trains, built identically (seeded) on every data-parallel rank."""
+    cfg: SparrowDraftConfig
+    model: SparrowDraftModel
+    seqs: list[dict]
+    val_seqs: list[dict]
+    t2d_table: torch.Tensor
+    target: dict  # the data manifest's target identity
+
+
+def prepare_run(a: TrainArgs) -> TrainRun:
+    """Seed, load the data, build the draft config, vocabulary and initial model."""
     torch.manual_seed(a.seed)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest, samples = load_samples(a.data)
     t = manifest["target"]
     target_dir = a.target or t["path"]
@@ -234,7 +272,48 @@ def train(a: TrainArgs, log=print) -> Path:
         for s in vs:
             s["hidden"] = s["hidden"][:, vsel]
         val_seqs = [draft_sequence(s, cfg) for s in vs]
+    return TrainRun(cfg, model, seqs, val_seqs, t2d_table, t)
 
+
+class FileCheckpoint:
+    """The single-process checkpoint: one ``checkpoint.pt``, replaced atomically."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path, self.resume = Path(path), resume
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, weights_only=False) if self.resume and self.path.exists() else None
+
+    def save(self, state: dict, metrics: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, world_size: int = 1,
+               loss_module: torch.nn.Module | None = None) -> tuple[int, dict, bool]:
+    """The training loop of every ``sparrow train`` (single process or a data-parallel rank).
+
+    ``ckpt``: ``load() -> state | None`` and ``save(state, metrics)``, called on every rank at
+    the same steps. With ``world_size > 1``, ``loss_module`` is ``MTPLoss(run.model)``
+    wrapped in DDP; each rank takes every ``world_size``-th sample of the global batch, and
+    the CE is normalised by the global label counts, so the step is the single-process one.
+    Rank 0 logs and evaluates. Returns ``(step, last metrics, finished)``.
+    """
+    model, cfg, seqs, t2d_table = run.model, run.cfg, run.seqs, run.t2d_table
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if min(a.batch_size, len(seqs)) < world_size:
+            raise ValueError(f"each batch ({min(a.batch_size, len(seqs))} samples) is split over {world_size} "
+                             f"workers: use --batch-size and a dataset of at least --num-workers samples")
+    loss_module = loss_module if loss_module is not None else MTPLoss(model)
+    device = next(model.parameters()).device
+    t2d_table = t2d_table.to(device)
+    out = Path(a.out)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
@@ -243,10 +322,9 @@ def train(a: TrainArgs, log=print) -> Path:
             return a.lr * (step + 1) / a.warmup
         return a.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))))
 
-    ckpt = out / "checkpoint.pt"
     step = 0
-    if a.resume and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+    st = ckpt.load()
+    if st is not None:
         if st["config"] != cfg.to_speculators_dict():
             raise ValueError(f"{ckpt} was trained with another config; use another --out or the same args")
         model.load_state_dict(st["model"], strict=False)
@@ -259,12 +337,12 @@ def train(a: TrainArgs, log=print) -> Path:
     def batch_at(step):
         epoch, k = divmod(step, per_epoch)
         order = np.random.default_rng([a.seed, epoch]).permutation(len(seqs))
-        return [seqs[i] for i in order[k * a.batch_size:(k + 1) * a.batch_size]]
+        return [seqs[i] for i in order[k * a.batch_size:(k + 1) * a.batch_size]][rank::world_size]
 
     from tqdm import tqdm
 
     log_path = out / "train_log.jsonl"
-    bar = tqdm(total=a.steps, initial=step, desc=f"train {a.recipe}", disable=not a.progress)
+    bar = tqdm(total=a.steps, initial=step, desc=f"train {a.recipe}", disable=not a.progress or rank != 0)
     model.train()
     t0, run_loss = time.time(), []
     metrics = {}
@@ -272,36 +350,64 @@ def train(a: TrainArgs, log=print) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         batch, C = collate(batch_at(step), a.mtp_depth, cfg.num_layers)
-        loss, c, n = mtp_loss(model, batch, C, a.mtp_depth, a.step_decay, t2d_table)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        denominators = None
+        if world_size > 1:
+            counts = label_counts(batch, C, a.mtp_depth, t2d_table).to(device)
+            dist.all_reduce(counts)
+            denominators = (counts / world_size).clamp_min(1e-9)
+        loss, c, n = loss_module(batch, C, a.mtp_depth, a.step_decay, t2d_table, denominators)
+        if world_size > 1 and not torch.is_tensor(loss) and float(counts.sum()):
+            # this rank has no labels but others do: still join DDP's all-reduce, with zeros
+            loss = sum(p.sum() for p in params) * 0.0
         opt.zero_grad(set_to_none=True)
         if torch.is_tensor(loss):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         step += 1
-        run_loss.append(float(loss.detach()) if torch.is_tensor(loss) else float(loss))
+        value = loss.detach() if torch.is_tensor(loss) else torch.tensor(float(loss))
+        if world_size > 1:  # the global batch's loss: the mean of the ranks'
+            value = value.to(device)
+            dist.all_reduce(value)
+            value = value / world_size
+        run_loss.append(float(value))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(run_loss[-20:]):.3f}", acc1=f"{c[0] / max(n[0], 1):.2f}")
         last = step == a.steps
-        if val_seqs and (step % a.eval_every == 0 or last):
-            metrics = evaluate_acc(model, val_seqs, a.mtp_depth, t2d_table)
-        if step % a.eval_every == 0 or last:
+        if rank == 0 and run.val_seqs and (step % a.eval_every == 0 or last):
+            metrics = evaluate_acc(model, run.val_seqs, a.mtp_depth, t2d_table)
+        if rank == 0 and (step % a.eval_every == 0 or last):
             rec = {"step": step, "loss": float(np.mean(run_loss[-a.eval_every:])), "lr": lr_at(step - 1),
                    "elapsed_s": round(time.time() - t0, 1), **metrics}
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.write(json.dumps(rec))
         if step % a.ckpt_every == 0 or last or step == a.stop_after:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "rng": torch.get_rng_state(), "config": cfg.to_speculators_dict()}, tmp)
-            tmp.replace(ckpt)
+            ckpt.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                       "rng": torch.get_rng_state(), "config": cfg.to_speculators_dict()},
+                      {"step": step, "loss": run_loss[-1]})
         if a.stop_after is not None and step >= a.stop_after and not last:
             bar.close()
-            return out
+            return step, metrics, False
     bar.close()
+    return step, metrics, True
+
+
+def export(a: TrainArgs, run: TrainRun, step: int, metrics: dict, log=print) -> Path:
+    """Write the trained draft (``config.json`` + ``model.safetensors``) to ``a.out``."""
     extra = {"args": {k: v for k, v in vars(a).items()}, "final": metrics, "steps": step,
-             "train_samples": len(seqs), "data": a.data, "target": t}
-    save_draft(model, out, extra=extra)
-    log(f"exported draft to {out}")
+             "train_samples": len(run.seqs), "data": a.data, "target": run.target}
+    save_draft(run.model, a.out, extra=extra)
+    log(f"exported draft to {a.out}")
+    return Path(a.out)
+
+
+def train(a: TrainArgs, log=print) -> Path:
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = prepare_run(a)
+    step, metrics, finished = train_loop(a, run, FileCheckpoint(out / "checkpoint.pt", a.resume), log)
+    if finished:
+        export(a, run, step, metrics, log)
     return out
