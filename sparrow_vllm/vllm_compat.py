@@ -1,7 +1,7 @@
 """Every place sparrow-vllm touches vLLM internals, for vLLM 0.32.0 only.
 
-Each patch names the upstream symbol it relies on and is checked at start-up
-(:func:`check_internals`), failing with a clear message if vLLM is not what we expect.
+Each patch names the upstream symbol it relies on and checks it exists when installed at
+start-up (:func:`_require`), failing with a clear message if vLLM is not what we expect.
 
 1. ``vllm.transformers_utils.configs.speculators.algos.SUPPORTED_SPECULATORS_TYPES``:
    adds ``"sparrow"`` so a Sparrow draft directory (speculators layout) loads.
@@ -12,6 +12,9 @@ Each patch names the upstream symbol it relies on and is checked at start-up
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
    base): uses ``SparrowProposer`` as the runner's ``EagleProposer`` when the draft is a
    Sparrow draft.
+5. ``vllm.multimodal.media.connector.MediaConnector._load_file_url`` / ``_load_data_url``:
+   a video the server cannot open or decode (missing file, one frame, an image sent as a
+   video) is the client's mistake: a 400 with the cause, where vLLM 0.32 answers 500.
 """
 
 from __future__ import annotations
@@ -243,10 +246,35 @@ def when_imported(name: str, callback) -> None:
         sys.meta_path.insert(0, _PostImportHook(name, callback))
 
 
+# --- 5. media the server cannot load -------------------------------------------------
+MEDIA_ERRORS = (OSError, RuntimeError, ZeroDivisionError, IndexError)
+
+
+def patch_media_errors() -> None:
+    from vllm.multimodal.media.connector import MediaConnector
+
+    for name in ("_load_file_url", "_load_data_url"):
+        load = _require(MediaConnector, name, "MediaConnector")
+        if getattr(load, "_sparrow", False):
+            continue
+
+        @functools.wraps(load)
+        def load_media(self, url, media_io, _load=load):
+            try:
+                return _load(self, url, media_io)
+            except MEDIA_ERRORS as e:
+                # vLLM's API server turns ValueError into 400 (create_error_response).
+                raise ValueError(f"Could not load the media: {type(e).__name__}: {e}") from e
+
+        load_media._sparrow = True
+        setattr(MediaConnector, name, load_media)
+
+
 def install() -> None:
     from vllm import ModelRegistry
 
     ModelRegistry.register_model(DRAFT_ARCH, f"sparrow_vllm.vllm_draft:{DRAFT_ARCH}")
     patch_speculators()
     patch_engine_args()
+    patch_media_errors()
     when_imported("vllm.v1.worker.gpu_model_runner", _patch_model_runner)
