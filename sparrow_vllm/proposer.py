@@ -96,7 +96,7 @@ class SparrowProposer(EagleProposer):
             return torch.zeros(step.num_reqs, k, device=step.device, dtype=torch.int64)
         hidden = self.model.combine_hidden_states(target_hidden_states[step.to_dev(rows)])
         if self._dump_path:
-            self._dump(ctx)
+            self._dump()
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
 
         # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
@@ -221,7 +221,7 @@ class SparrowProposer(EagleProposer):
             window_size=W,
         )
 
-    def _dump(self, ctx) -> None:
+    def _dump(self) -> None:
         li = self.last_inputs
         q_start = li["query_start"]
         with open(self._dump_path, "a") as f:

@@ -38,3 +38,13 @@ def sparrow_draft(target_dir, random_draft) -> Path:
         return default_draft_for(str(target_dir))
     except SparrowConfigError:
         return random_draft
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local 2-CPU Ray cluster for one test module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

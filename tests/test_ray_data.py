@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 from sparrow_vllm.draft.data import DataSpec, generate_dataset  # noqa: E402
 from sparrow_vllm.draft.ray_data import generate_dataset_ray  # noqa: E402
@@ -37,11 +37,7 @@ def reference(target, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def _files(d):
