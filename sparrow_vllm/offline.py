@@ -1,4 +1,4 @@
-"""Run the embedded target through vLLM offline, with or without Sparrow; JSON in, JSON out.
+"""Run a target (any supported family) through vLLM offline, with or without Sparrow; JSON in, JSON out.
 
 Each engine runs in its own process (``python -m sparrow_vllm.offline SPEC.json``) so
 tests, the demo and benchmarks can compare engines side by side without one engine's
@@ -30,8 +30,7 @@ def world_prompt_specs(split: str, indices, frames, question: str | None = None)
             for i, f in zip(indices, frames)]
 
 
-def _build_prompts(processor, specs: list[dict]) -> list[dict]:
-    from sparrow_vllm.target.prompt import prompt_text, vllm_prompt
+def _build_prompts(family, processor, specs: list[dict]) -> list[dict]:
     from sparrow_vllm.world import make_sample
 
     prompts = []
@@ -43,10 +42,10 @@ def _build_prompts(processor, specs: list[dict]) -> list[dict]:
         sample = make_sample(s["split"], s["index"], max(16, s["frames"]))
         question = s.get("question") or sample.question
         if s["frames"] == 0:
-            prompts.append({"prompt": prompt_text(processor, question)
-                            .replace("<|vision_start|><|video_pad|><|vision_end|>", "")})
+            prompts.append({"prompt": family.prompt_text(processor, question)
+                            .replace(family.video_placeholder(), "")})
         else:
-            prompts.append(vllm_prompt(processor, sample.frames(), question))
+            prompts.append(family.vllm_prompt(processor, sample.frames(), question))
     return prompts
 
 
@@ -74,10 +73,12 @@ def run_engine(spec: dict) -> dict:
     from sparrow_vllm.cpu_env import apply_cpu_defaults
 
     apply_cpu_defaults(spec.get("kv_cache_gib", 4))
-    from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
 
+    from sparrow_vllm.families import family_of
+
     target = spec["target"]
+    family = family_of(target)
     kwargs = dict(model=target, dtype="float32", enforce_eager=True, max_model_len=32768,
                   max_num_seqs=4, disable_log_stats=False, enable_prefix_caching=True, seed=0,
                   limit_mm_per_prompt={"video": 1, "image": 1})
@@ -91,18 +92,19 @@ def run_engine(spec: dict) -> dict:
     t0 = time.perf_counter()
     llm = LLM(**kwargs)
     engine_s = time.perf_counter() - t0
-    processor = AutoProcessor.from_pretrained(target)
+    processor = family.load_processor(target)
+    build = lambda specs: _build_prompts(family, processor, specs)  # noqa: E731
     sampling = SamplingParams(**{"temperature": 0.0, "max_tokens": 64, **spec.get("sampling", {})})
     # "cells": several prompt sets run one after another on the same engine (benchmarks).
     cells = spec.get("cells") or [{"prompts": spec["prompts"]}]
     results, before = [], _spec_metrics(llm)
     for cell in cells:
         if cell.get("warmup"):
-            llm.generate(_build_prompts(processor, cell["warmup"]), sampling, use_tqdm=False)
+            llm.generate(build(cell["warmup"]), sampling, use_tqdm=False)
             before = _spec_metrics(llm)
         if profile:
             profile.read()  # drop the warm-up's calls
-        cell_result = _run_cell(llm, processor, cell["prompts"], sampling)
+        cell_result = _run_cell(llm, build, cell["prompts"], sampling)
         after = _spec_metrics(llm)
         cell_result["spec"] = _metrics_delta(before, after)
         if profile:
@@ -135,8 +137,8 @@ class _DraftProfile:
         return len(lines), sum(float(x) for x in lines)
 
 
-def _run_cell(llm, processor, prompt_specs, sampling) -> dict:
-    prompts = _build_prompts(processor, prompt_specs)
+def _run_cell(llm, build, prompt_specs, sampling) -> dict:
+    prompts = build(prompt_specs)
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sampling, use_tqdm=False)
     wall = time.perf_counter() - t0

@@ -60,10 +60,11 @@ def default_draft_for(target: str) -> Path:
         if (t / name / "config.json").exists():
             return t / name
     marker = t / "sparrow_target.json"
-    if marker.exists():
-        from sparrow_vllm.target.paths import ASSETS_DIR
+    if marker.exists():  # one of our embedded targets: its committed draft
+        from sparrow_vllm.draft_assets import DRAFTS_DIR, EMBEDDED_DRAFTS
 
-        default = ASSETS_DIR.parent / "drafts" / "sparrow-default"
+        name = json.loads(marker.read_text()).get("name")
+        default = DRAFTS_DIR / EMBEDDED_DRAFTS.get(name, {}).get("sparrow", "-")
         if (default / "config.json").exists():
             return default
     raise SparrowConfigError(
@@ -92,6 +93,16 @@ def check_keys(cfg: dict) -> None:
         f"Unknown key(s) in the sparrow speculative config: {', '.join(hints)}. "
         f"Allowed keys: {', '.join(ALLOWED_KEYS)}."
     )
+
+
+def check_family(target_hf_config) -> None:
+    """The target's family has an adapter (text positions, layers, hidden-state capture)."""
+    from sparrow_vllm.families import UnsupportedFamilyError, family_of
+
+    try:
+        family_of(target_hf_config)
+    except UnsupportedFamilyError as e:
+        raise SparrowConfigError(str(e)) from None
 
 
 def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None:
@@ -129,6 +140,7 @@ def translate(user: dict, target_model_config) -> tuple[dict, dict]:
     """User's sparrow config -> (kwargs for vLLM's SpeculativeConfig, sparrow overrides)."""
     cfg = {str(k).replace("-", "_"): v for k, v in user.items()}  # vLLM accepts both spellings
     check_keys(cfg)
+    check_family(target_model_config.hf_config)
     cfg["method"] = "eagle3"
     overrides = {k: cfg.pop(k) for k in SPARROW_KEYS if k in cfg}
     model = cfg.get("model")

@@ -15,6 +15,10 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
 5. ``vllm.multimodal.media.connector.MediaConnector._load_file_url`` / ``_load_data_url``:
    a video the server cannot open or decode (missing file, one frame, an image sent as a
    video) is the client's mistake: a 400 with the cause, where vLLM 0.32 answers 500.
+6. ``vllm.model_executor.models.llava_onevision.LlavaOnevisionForConditionalGeneration``:
+   gains vLLM's ``SupportsEagle3`` (auxiliary hidden states of chosen layers), which vLLM
+   0.32 gives Qwen2.5-VL but not LLaVA-OneVision; its text model (``LlamaModel``) already
+   captures them, the wrapper only lacked the interface. EAGLE-3 and Sparrow need it.
 """
 
 from __future__ import annotations
@@ -270,6 +274,23 @@ def patch_media_errors() -> None:
         setattr(MediaConnector, name, load_media)
 
 
+# --- 6. EAGLE-3 hidden-state capture for LLaVA-OneVision ------------------------------
+def _patch_llava_onevision(module) -> None:
+    cls = _require(module, "LlavaOnevisionForConditionalGeneration", module.__name__)
+    from vllm.model_executor.models import interfaces
+
+    eagle3 = _require(interfaces, "SupportsEagle3", "vllm.model_executor.models.interfaces")
+    if getattr(cls, "supports_eagle3", False):
+        return
+    # The protocol's members (isinstance(model, SupportsEagle3) checks each); its default
+    # methods reach the decoder through get_language_model().model, a LlamaModel here.
+    for name in ("set_aux_hidden_state_layers", "get_eagle3_default_aux_hidden_state_layers"):
+        setattr(cls, name, _require(eagle3, name, "SupportsEagle3"))
+    cls.supports_eagle3 = True
+    cls.has_own_lm_head = False
+    cls.has_own_embed_tokens = False
+
+
 def install() -> None:
     from vllm import ModelRegistry
 
@@ -278,3 +299,4 @@ def install() -> None:
     patch_engine_args()
     patch_media_errors()
     when_imported("vllm.v1.worker.gpu_model_runner", _patch_model_runner)
+    when_imported("vllm.model_executor.models.llava_onevision", _patch_llava_onevision)

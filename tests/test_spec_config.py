@@ -9,6 +9,9 @@ from draft_factory import write_random_draft
 from sparrow_vllm.spec_config import ALLOWED_KEYS, SparrowConfigError, translate
 
 
+QWEN = ["Qwen2_5_VLForConditionalGeneration"]
+
+
 @pytest.fixture
 def target(tmp_path):
     t = tmp_path / "target"
@@ -17,7 +20,7 @@ def target(tmp_path):
             "num_key_value_heads": 2, "vocab_size": 300}
     (t / "config.json").write_text(json.dumps({"architectures": ["Qwen2_5_VLForConditionalGeneration"],
                                                "text_config": text}))
-    hf = SimpleNamespace(**text)
+    hf = SimpleNamespace(architectures=QWEN, **text)
     return t, SimpleNamespace(model=str(t), hf_config=hf)
 
 
@@ -32,6 +35,19 @@ def test_translate_to_eagle3_with_draft_defaults(tmp_path, target):
     cfg, overrides = translate({"method": "sparrow", "model": str(d)}, tmc)
     assert cfg == {"method": "eagle3", "model": str(d), "num_speculative_tokens": 3}
     assert overrides == {}
+
+
+@pytest.mark.parametrize("archs", [["LlamaForCausalLM"], ["Qwen2VLForConditionalGeneration"], None])
+def test_a_family_without_an_adapter_is_refused_naming_the_supported_ones(tmp_path, target, archs):
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    tmc.hf_config.architectures = archs
+    with pytest.raises(SparrowConfigError) as e:
+        translate({"method": "sparrow", "model": str(d)}, tmc)
+    msg = str(e.value)
+    assert str(archs[0] if archs else "none") in msg
+    assert "Qwen2_5_VLForConditionalGeneration" in msg and "LlavaOnevisionForConditionalGeneration" in msg
+    assert "sparrow_vllm/families/" in msg
 
 
 def test_window_override_is_validated(tmp_path, target):
@@ -73,7 +89,7 @@ def test_draft_for_another_target(tmp_path, target):
     t, tmc = target
     d = _draft(tmp_path, t)
     other = SimpleNamespace(model=str(t), hf_config=SimpleNamespace(
-        hidden_size=128, num_hidden_layers=6, vocab_size=300))
+        architectures=QWEN, hidden_size=128, num_hidden_layers=6, vocab_size=300))
     with pytest.raises(SparrowConfigError, match="not trained for this target.*target_hidden_size: draft 64, target 128"):
         translate({"method": "sparrow", "model": str(d)}, other)
 
@@ -170,7 +186,7 @@ def test_draft_for_another_target_each_mismatch(tmp_path, target, field, key, va
     t, tmc = target
     d = _draft(tmp_path, t)
     text = {"hidden_size": 64, "num_hidden_layers": 6, "vocab_size": 300, field: value}
-    other = SimpleNamespace(model=str(t), hf_config=SimpleNamespace(**text))
+    other = SimpleNamespace(model=str(t), hf_config=SimpleNamespace(architectures=QWEN, **text))
     want = {"hidden_size": 64, "vocab_size": 300, "num_hidden_layers": 6}[field]
     with pytest.raises(SparrowConfigError,
                        match=f"not trained for this target \\({key}: draft {want}, target {value}\\).*sparrow train"):
@@ -234,6 +250,22 @@ def test_excepthook_prints_one_line(monkeypatch, capsys, exc):
     assert err == f"error: {exc}\n"
 
 
+def _llama_dir(tmp_path, target_dir) -> Path:
+    """A tiny text-only Llama target (our target's tokenizer) and a Sparrow draft beside it."""
+    import shutil
+
+    from transformers import LlamaConfig
+
+    d = tmp_path / "llama"
+    d.mkdir()
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=49156, architectures=["LlamaForCausalLM"]).save_pretrained(d)
+    for f in Path(target_dir).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, d / f.name)
+    return write_random_draft(d / "draft", d, anchor_layers=(2,), draft_vocab=32, intermediate=32)
+
+
 @pytest.mark.vllm
 def test_vllm_serve_cli_fails_with_one_line(target_dir, tmp_path):
     """The real CLI: a bad sparrow config ends `vllm serve` at start-up, before any engine
@@ -251,9 +283,14 @@ def test_vllm_serve_cli_fails_with_one_line(target_dir, tmp_path):
          "(did you mean 'num_speculative_tokens'?). Allowed keys: method, model, num_speculative_tokens"),
         ({"method": "sparrow", "model": str(tmp_path / "no-draft")}, "no-draft does not exist"),
         ({"method": "sparrow", "anchor_layers": [40]}, "anchor layer 40 outside the target's layers 1..29"),
+        # A target family without an adapter: a text-only Llama.
+        ({"method": "sparrow", "model": str(_llama_dir(tmp_path, target_dir))},
+         "Sparrow has no adapter for target architecture ['LlamaForCausalLM']"),
     ]
     for config, message in cases:
-        p = subprocess.run([vllm, "serve", str(target_dir), "--host", "127.0.0.1", "--port", str(free_port()),
+        # The Llama case serves the directory its draft sits in.
+        target = Path(config["model"]).parent if "adapter" in message else target_dir
+        p = subprocess.run([vllm, "serve", str(target), "--host", "127.0.0.1", "--port", str(free_port()),
                             "--dtype", "float32", "--enforce-eager", "--speculative-config", json.dumps(config)],
                            capture_output=True, text=True, timeout=240)
         assert p.returncode != 0, p.stdout[-2000:]

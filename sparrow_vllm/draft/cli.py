@@ -40,7 +40,7 @@ def _check_ray_args(args) -> None:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("data", help="extract self-distillation data (target states at text positions)")
-    p.add_argument("--target", default=_default_target(), help="HF target dir (default: build_target()'s)")
+    p.add_argument("--target", default=_default_target(), help="HF target dir of a supported family (default: the embedded Qwen2.5-VL target)")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--n", type=int, required=True, help="number of samples")
@@ -97,11 +97,11 @@ def add_parser(subparsers) -> None:
 
 def run_data(args) -> int:
     from sparrow_vllm.draft.data import DataSpec, generate_dataset
-    from sparrow_vllm.world import frames_for_visual_tokens
+    from sparrow_vllm.families import family_of
 
     _check_ray_args(args)
     _threads(args.threads)
-    frames = args.frames or frames_for_visual_tokens(args.visual_tokens)
+    frames = args.frames or family_of(args.target).frames_for_visual_tokens(args.visual_tokens)
     spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
                     all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
                     shard_size=args.shard_size, start=args.start, dtype=args.dtype)

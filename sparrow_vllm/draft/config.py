@@ -113,7 +113,7 @@ class SparrowDraftConfig:
     # ---- construction ------------------------------------------------------------------
     @classmethod
     def for_target(cls, target_config, recipe: str = "sparrow", **overrides) -> "SparrowDraftConfig":
-        """Defaults matched to a HF Qwen2.5-VL (or plain decoder) config: the draft layer has
+        """Defaults matched to a HF Video LLM (or plain decoder) config: the draft layer has
         the target's width/heads, its eps and rope theta. The baseline uses EAGLE-3's anchors
         (2, L//2, L-3) and full attention."""
         tc = getattr(target_config, "text_config", target_config)
@@ -133,6 +133,7 @@ class SparrowDraftConfig:
             video_token_id=getattr(target_config, "video_token_id", -1) or -1,
             image_token_id=getattr(target_config, "image_token_id", -1) or -1,
             draft_vocab_size=tc.vocab_size,
+            verifier_architectures=list(getattr(target_config, "architectures", None) or VERIFIER_ARCHITECTURES),
         )
         kw.update(overrides)
         return cls(**kw)

@@ -9,7 +9,7 @@ steps, as vLLM computes them). Stored per kept position (TEXT positions only, un
     greedy      int32 [N]         target's greedy next token (-1 where not computed: prompt)
     seq_pos     int32 [N]         position in the full target sequence
     text_index  int32 [N]         index among the text positions (-1: visual)
-    t_pos       int32 [N]         mRoPE temporal position (what vLLM gives a 1-D draft)
+    t_pos       int32 [N]         position vLLM gives a 1-D draft (mRoPE temporal one on Qwen2.5-VL)
     hidden      fp16  [N, A, H]   HF hidden_states[l] (= input of decoder layer l) per layer
     offsets     int64 [S + 1]     sample s is rows offsets[s]:offsets[s+1]
     response_start int32 [S]      row (within the sample) of the first generated token
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from sparrow_vllm.families import family_of
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -55,7 +57,8 @@ def target_fingerprint(target_dir) -> str:
 
 
 def target_identity(target_dir, config) -> dict:
-    tc = config.text_config
+    family = family_of(config)
+    tc = family.text_config(config)
     name = Path(target_dir).name
     stamp = Path(target_dir) / "sparrow_target.json"
     if stamp.exists():
@@ -63,7 +66,9 @@ def target_identity(target_dir, config) -> dict:
     return {
         "name": name, "path": str(Path(target_dir).resolve()), "fingerprint": target_fingerprint(target_dir),
         "hidden_size": tc.hidden_size, "num_layers": tc.num_hidden_layers, "vocab_size": tc.vocab_size,
-        "video_token_id": config.video_token_id, "image_token_id": config.image_token_id,
+        "video_token_id": getattr(config, "video_token_id", None),
+        "image_token_id": getattr(config, "image_token_id", None),
+        "family": family.name,
     }
 
 
@@ -94,41 +99,25 @@ def check_draft_compatible(manifest: dict, cfg) -> None:
 
 
 # ---- one sample -------------------------------------------------------------------------------
-def mrope_t_positions(model, input_ids: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
-    """``[T]`` temporal mRoPE component for ``input_ids [T]``, with vLLM's video timing
-    (``second_per_grid_ts = temporal_patch_size / VIDEO_FPS``)."""
-    from sparrow_vllm.target.config import VIDEO_FPS
-
-    cfg = model.config
-    mm = torch.zeros_like(input_ids)[None]
-    mm[0, input_ids == cfg.video_token_id] = 2
-    mm[0, input_ids == cfg.image_token_id] = 1
-    sec = torch.tensor([cfg.vision_config.temporal_patch_size / VIDEO_FPS] * len(video_grid_thw))
-    pos, _ = model.model.get_rope_index(input_ids[None], mm, video_grid_thw=video_grid_thw,
-                                        second_per_grid_ts=sec)
-    return pos[0, 0]
-
-
 @torch.no_grad()
 def extract_sample(model, processor, frames, question: str, layers: list[int], all_positions: bool,
                    max_new_tokens: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
     """Greedy answer + states of one sample; tensors as in the module docstring (one sample)."""
-    from sparrow_vllm.target.prompt import hf_inputs
-
-    inputs = hf_inputs(processor, frames, question).to(model.device)  # GPU actors of `--ray`
+    family = family_of(model.config)
+    inputs = family.hf_inputs(processor, frames, question).to(model.device)  # GPU actors of `--ray`
     prompt_len = inputs["input_ids"].shape[1]
     tok = processor.tokenizer
-    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    eos = family.eos_token_ids(tok)
     if model.generation_config.eos_token_id is not None:
         e = model.generation_config.eos_token_id
         eos += e if isinstance(e, list) else [e]
-    model.model.rope_deltas = None
+    family.before_generate(model)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
                          output_hidden_states=True, return_dict_in_generate=True)
     seq = out.sequences[0].cpu()                # [T] prompt + response
     steps = out.hidden_states                   # per decode step: tuple over L+1 of [1, t, H]
-    num_layers = model.config.text_config.num_hidden_layers
+    num_layers = family.text_config(model.config).num_hidden_layers
     # The last generated token is never fed back, so its states do not exist: zeros (the
     # draft never reads that row: no query comes after the final token).
     per_layer = []
@@ -143,11 +132,10 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
     T = len(seq)
     greedy = torch.full((T,), -1, dtype=torch.long)
     greedy[prompt_len - 1:T - 1] = seq[prompt_len:]
-    cfg = model.config
-    is_text = (seq != cfg.video_token_id) & (seq != cfg.image_token_id)
+    is_text = family.is_text(model.config, seq)
     text_index = torch.cumsum(is_text.long(), 0) - 1
     text_index[~is_text] = -1
-    t_pos = mrope_t_positions(model, seq, inputs["video_grid_thw"].cpu())
+    t_pos = family.draft_positions(model, seq, inputs)
     keep = torch.ones(T, dtype=torch.bool) if all_positions else is_text
     rows = keep.nonzero()[:, 0]
     response_start = int((rows < prompt_len).sum())
@@ -211,12 +199,9 @@ def _write_manifest(data_dir: Path, manifest: dict) -> None:
 
 
 def load_target(target_dir, device: str = "cpu"):
-    """``(model, processor)`` of a Qwen2.5-VL target dir, fp32, eval mode."""
-    from transformers import AutoProcessor
-
-    from sparrow_vllm.target.build import load_hf_target
-
-    return load_hf_target(target_dir).to(device), AutoProcessor.from_pretrained(str(target_dir))
+    """``(model, processor)`` of a target dir of any supported family, fp32, eval mode."""
+    family = family_of(target_dir)
+    return family.load_hf(target_dir).to(device), family.load_processor(target_dir)
 
 
 def open_dataset(target_dir, out_dir, spec: DataSpec, config) -> dict:

@@ -110,20 +110,21 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
 
     from sparrow_vllm.draft.data import check_draft_compatible, check_target, load_samples, target_identity
     from sparrow_vllm.draft.export import load_draft
-    from sparrow_vllm.world import visual_tokens
+    from sparrow_vllm.families import family_of
 
     model = load_draft(draft_dir, target_dir=target_dir)
     if window is not None:  # inference-time window differing from training (study only)
         model.config = model.config.replace(window_size=window)
     cfg = model.config
     manifest, samples = load_samples(data_dir, layers=cfg.anchor_layers, limit=limit)
-    check_target(manifest, target_identity(target_dir, AutoConfig.from_pretrained(str(target_dir))), str(data_dir))
+    target_config = AutoConfig.from_pretrained(str(target_dir))
+    check_target(manifest, target_identity(target_dir, target_config), str(data_dir))
     check_draft_compatible(manifest, cfg)
     res = evaluate(model, samples, ks, progress)
     report = {"draft": str(draft_dir), "data": str(data_dir), "recipe": cfg.recipe,
               "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
               "attention": cfg.attention, "samples": len(samples),
-              "visual_tokens": visual_tokens(manifest["settings"]["num_frames"]),
+              "visual_tokens": family_of(target_config).visual_tokens(manifest["settings"]["num_frames"]),
               "results": res}
     if out:
         with open(out, "w") as f:

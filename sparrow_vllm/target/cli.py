@@ -9,15 +9,18 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "build-target", help="assemble the embedded Qwen2.5-VL target (SmolLM2 + committed vision parts)",
-        description="Assemble the full HF checkpoint of the embedded target from the SmolLM2 GGUF "
-                    "and the committed vision parts. Deterministic; a complete directory is reused.",
+        "build-target", help="assemble an embedded target (SmolLM2 + committed vision parts)",
+        description="Assemble the full HF checkpoint of the embedded target of a model family from "
+                    "the SmolLM2 GGUF and the committed vision parts. Deterministic; a complete "
+                    "directory is reused.",
     )
+    _add_arch(p)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the cache)")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
     p.set_defaults(run=run_build)
 
     t = subparsers.add_parser("train-target", help="train the target's vision tower on SparrowWorld (once; ~40 min)")
+    _add_arch(t)
     t.add_argument("--out", type=Path, default=Path("runs/target"))
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--accum", type=int, default=4)
@@ -27,41 +30,49 @@ def add_parser(subparsers) -> None:
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
+    _add_arch(e)
     e.add_argument("--split", default="test")
     e.add_argument("--n", type=int, default=100)
     e.add_argument("--frames", type=int, nargs="+", default=[16])
-    e.add_argument("--target", type=Path, default=None)
+    e.add_argument("--target", type=Path, default=None, help="a target dir (default: the embedded one of --arch)")
     e.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
     e.add_argument("--out", type=Path, default=Path("benchmarks/results/target_quality.json"))
     e.set_defaults(run=run_eval)
 
 
-def run_build(args) -> int:
-    from sparrow_vllm.target.build import build_target
+def _add_arch(p) -> None:
+    from sparrow_vllm.families import DEFAULT_FAMILY, FAMILY_NAMES
 
-    print(build_target(args.out, force=args.force))
+    p.add_argument("--arch", choices=FAMILY_NAMES, default=DEFAULT_FAMILY,
+                   help=f"model family of the embedded target (default {DEFAULT_FAMILY})")
+
+
+def run_build(args) -> int:
+    from sparrow_vllm.families import get_family
+
+    print(get_family(args.arch).build_target(args.out, force=args.force))
     return 0
 
 
 def run_train(args) -> int:
     from sparrow_vllm.target.train_vision import train_vision
 
-    print(train_vision(args.out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init))
+    print(train_vision(args.out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
+                       family=args.arch))
     return 0
 
 
 def run_eval(args) -> int:
     import torch
-    from transformers import AutoProcessor
 
-    from sparrow_vllm.target.build import build_target, load_hf_target
+    from sparrow_vllm.families import family_of, get_family
     from sparrow_vllm.target.evaluate import evaluate, evaluate_vllm, write_report
 
     torch.set_flush_denormal(True)
-    target = build_target() if args.target is None else args.target
+    target = get_family(args.arch).build_target() if args.target is None else args.target
     if args.engine == "transformers":
-        model = load_hf_target(target)
-        processor = AutoProcessor.from_pretrained(target)
+        family = family_of(target)
+        model, processor = family.load_hf(target), family.load_processor(target)
     results = []
     for f in args.frames:
         if args.engine == "vllm":

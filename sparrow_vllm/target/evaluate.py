@@ -9,13 +9,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sparrow_vllm.target.prompt import hf_inputs
+from sparrow_vllm.families import family_of
 from sparrow_vllm.world import make_sample, score_answer
 
 
 @torch.no_grad()
 def generate_answer(model, processor, frames, question: str, max_new_tokens: int = 48) -> str:
-    inputs = hf_inputs(processor, frames, question)
+    family = family_of(model.config)
+    family.before_generate(model)
+    inputs = family.hf_inputs(processor, frames, question)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
@@ -29,7 +31,7 @@ def evaluate(model, processor, split: str = "test", n: int = 100, num_frames: in
         s = make_sample(split, i, num_frames)
         answer = generate_answer(model, processor, s.frames(), s.question)
         rows.append(_scored_row(s, answer))
-    return _summary(rows, split, n, num_frames, start_index, t0)
+    return _summary(rows, split, n, num_frames, start_index, t0, family_of(model.config))
 
 
 def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 16,
@@ -38,11 +40,12 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
     from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
 
     t0 = time.time()
+    family = family_of(target)
     idx = list(range(start_index, start_index + n))
     run = run_engine_subprocess({
         "target": str(target), "prompts": world_prompt_specs(split, idx, num_frames),
         "sampling": {"max_tokens": 48},
-        "engine": {"max_num_seqs": max_num_seqs, "max_model_len": make_sample(split, 0, num_frames).visual_tokens + 512},
+        "engine": {"max_num_seqs": max_num_seqs, "max_model_len": family.visual_tokens(num_frames) + 512},
         "kv_cache_gib": 6,
     }, timeout=4 * 3600)
     rows = []
@@ -50,7 +53,7 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
         s = make_sample(split, i, num_frames)
         answer = out["text"].strip()
         rows.append(_scored_row(s, answer))
-    return _summary(rows, split, n, num_frames, start_index, t0)
+    return _summary(rows, split, n, num_frames, start_index, t0, family)
 
 
 def _scored_row(s, answer: str) -> dict:
@@ -59,13 +62,13 @@ def _scored_row(s, answer: str) -> dict:
             "facts": score_answer(s, answer, "facts")}
 
 
-def _summary(rows, split, n, num_frames, start_index, t0) -> dict:
+def _summary(rows, split, n, num_frames, start_index, t0, family) -> dict:
     by_kind: dict[str, list[bool]] = {}
     for r in rows:
         by_kind.setdefault(r["kind"], []).append(r["exact"])
     return {
-        "split": split, "n": n, "num_frames": num_frames,
-        "visual_tokens": make_sample(split, start_index, num_frames).visual_tokens,
+        "family": family.name, "split": split, "n": n, "num_frames": num_frames,
+        "visual_tokens": family.visual_tokens(num_frames),
         "exact_accuracy": sum(r["exact"] for r in rows) / n,
         "facts_accuracy": sum(r["facts"] for r in rows) / n,
         "exact_by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
@@ -75,9 +78,9 @@ def _summary(rows, split, n, num_frames, start_index, t0) -> dict:
 
 
 def write_report(results: list[dict], path: Path) -> None:
-    """Rows of ``path`` for other (split, visual tokens) stay; these replace their own."""
+    """Rows of ``path`` for other (family, split, visual tokens) stay; these replace their own."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = lambda r: (r["split"], r["visual_tokens"])  # noqa: E731
+    key = lambda r: (r.get("family", "qwen2.5-vl"), r["split"], r["visual_tokens"])  # noqa: E731
     old = json.loads(path.read_text()) if path.exists() else []
     new = {key(r) for r in results}
     rows = [r for r in old if key(r) not in new] + results

@@ -1,0 +1,120 @@
+"""What Sparrow needs to know about a Video LLM family: one adapter per family.
+
+Everything family-specific lives in a ``FamilyAdapter`` subclass (``qwen2_5_vl.py``,
+``llava_onevision.py``); the data pipeline, training, evaluation, serving and benchmarks ask
+the adapter and nothing else. A new family needs: its HF architecture name, how its
+processor turns (video, question) into inputs, which token ids are visual placeholders
+(text positions are all the others), its text config (layers, hidden size), the 1-D
+position vLLM gives an EAGLE-3 draft at each token, and a vLLM patch if its vLLM model
+class does not expose EAGLE-3 auxiliary hidden states.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class UnsupportedFamilyError(ValueError):
+    """A target whose architecture has no adapter (the message lists the supported ones)."""
+
+
+class FamilyAdapter:
+    name: str = ""  # CLI name: ``sparrow build-target --arch NAME``
+    architectures: tuple[str, ...] = ()  # HF / vLLM architecture names it serves
+    embedded_target: str = ""  # name of our embedded small target of this family
+
+    # ---- model structure (HF config) ---------------------------------------------------
+    def text_config(self, config):
+        return config.text_config
+
+    def visual_token_ids(self, config) -> tuple[int, ...]:
+        """Placeholder ids whose positions hold visual embeddings (never draft positions)."""
+        ids = (getattr(config, "video_token_id", None), getattr(config, "image_token_id", None))
+        return tuple(int(i) for i in ids if i is not None and i >= 0)
+
+    def is_text(self, config, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[T]`` bool: text positions of ``input_ids [T]``."""
+        out = torch.ones_like(input_ids, dtype=torch.bool)
+        for i in self.visual_token_ids(config):
+            out &= input_ids != i
+        return out
+
+    # ---- transformers -------------------------------------------------------------------
+    def load_hf(self, target_dir, dtype=torch.float32):
+        """The target in transformers, eval mode, computing what vLLM computes."""
+        raise NotImplementedError
+
+    def load_processor(self, target_dir):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(target_dir))
+
+    def before_generate(self, model) -> None:
+        """Reset per-request state a previous ``generate`` left on the model."""
+
+    def hf_inputs(self, processor, frames: np.ndarray, question: str, answer: str | None = None):
+        """Model inputs of one video question; with ``answer`` also ``labels`` (-100 outside
+        the answer)."""
+        raise NotImplementedError
+
+    def draft_positions(self, model, input_ids: torch.Tensor, inputs) -> torch.Tensor:
+        """``[T]`` the 1-D position vLLM hands an EAGLE-3 draft at each token of
+        ``input_ids [T]`` (plain positions unless the target uses mRoPE)."""
+        return torch.arange(len(input_ids))
+
+    def eos_token_ids(self, tokenizer) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    # ---- vLLM ---------------------------------------------------------------------------
+    def prompt_text(self, processor, question: str) -> str:
+        raise NotImplementedError
+
+    def vllm_prompt(self, processor, frames: np.ndarray, question: str) -> dict:
+        """An offline ``LLM.generate`` prompt for a video question."""
+        raise NotImplementedError
+
+    def video_placeholder(self) -> str:
+        """The text the chat template puts where the video goes (for text-only prompts)."""
+        raise NotImplementedError
+
+    def patch_vllm(self) -> None:
+        """Make vLLM's model class of this family give EAGLE-3 auxiliary hidden states
+        (nothing to do when vLLM already does)."""
+
+    # ---- videos -------------------------------------------------------------------------
+    def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
+        """LM tokens the target makes of a ``[num_frames, height, width]`` video."""
+        raise NotImplementedError
+
+    def frames_for_visual_tokens(self, tokens: int, height: int = 112, width: int = 112) -> int:
+        """Fewest frames (even) reaching ``tokens`` visual tokens."""
+        per_two = self.visual_tokens(2, height, width)
+        f = 2 * max(1, -(-tokens // per_two))
+        while f > 2 and self.visual_tokens(f - 2, height, width) >= tokens:
+            f -= 2
+        return f
+
+    # ---- the embedded target of this family ---------------------------------------------
+    def build_model(self, vision_parts: dict[str, torch.Tensor] | None = None, seed: int = 0):
+        """``(model, tokenizer, processor)``: SmolLM2 + vision parts (``None``: seeded random
+        tower, the start of training), fp32, eval mode."""
+        raise NotImplementedError
+
+    def vision_module(self, model) -> torch.nn.Module:
+        """What vision training updates (tower + projector); the LM stays frozen."""
+        raise NotImplementedError
+
+    def vision_parts_of(self, model) -> dict[str, torch.Tensor]:
+        """The trained parts to commit under ``assets/<embedded_target>/``."""
+        raise NotImplementedError
+
+    def build_target(self, out_dir: Path | None = None, force: bool = False) -> Path:
+        raise NotImplementedError
+
+    def default_target_dir(self) -> Path:
+        from sparrow_vllm.target.paths import cache_root
+
+        return cache_root() / "targets" / self.embedded_target

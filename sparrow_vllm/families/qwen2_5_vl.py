@@ -1,0 +1,89 @@
+"""Qwen2.5-VL: mRoPE positions, ``<|video_pad|>`` placeholders, ``model.model.visual``.
+
+The embedded target of this family is ``sparrow_vllm/target/`` (SmolLM2 + a small Qwen2.5-VL
+vision tower); real checkpoints (Qwen2.5-VL-7B-Instruct) use the same adapter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparrow_vllm.families.base import FamilyAdapter
+
+
+class Qwen25VLAdapter(FamilyAdapter):
+    name = "qwen2.5-vl"
+    architectures = ("Qwen2_5_VLForConditionalGeneration",)
+    embedded_target = "sparrow-qwen25vl-smollm2"
+
+    def load_hf(self, target_dir, dtype=torch.float32):
+        from sparrow_vllm.target.build import load_hf_target
+
+        return load_hf_target(target_dir, dtype)
+
+    def before_generate(self, model) -> None:
+        # transformers caches the mRoPE offset of the last request on the model.
+        model.model.rope_deltas = None
+
+    def hf_inputs(self, processor, frames: np.ndarray, question: str, answer: str | None = None):
+        from sparrow_vllm.target.prompt import hf_inputs
+
+        return hf_inputs(processor, frames, question, answer)
+
+    def draft_positions(self, model, input_ids: torch.Tensor, inputs) -> torch.Tensor:
+        """The temporal mRoPE component, with vLLM's video timing: what vLLM's EAGLE-3
+        proposer gives a 1-D draft on an mRoPE target."""
+        from sparrow_vllm.target.config import VIDEO_FPS
+
+        cfg = model.config
+        mm = torch.zeros_like(input_ids)[None]
+        mm[0, input_ids == cfg.video_token_id] = 2
+        mm[0, input_ids == cfg.image_token_id] = 1
+        grid = inputs["video_grid_thw"].cpu()
+        sec = torch.tensor([cfg.vision_config.temporal_patch_size / VIDEO_FPS] * len(grid))
+        pos, _ = model.model.get_rope_index(input_ids[None], mm, video_grid_thw=grid, second_per_grid_ts=sec)
+        return pos[0, 0]
+
+    def prompt_text(self, processor, question: str) -> str:
+        from sparrow_vllm.target.prompt import prompt_text
+
+        return prompt_text(processor, question)
+
+    def vllm_prompt(self, processor, frames: np.ndarray, question: str) -> dict:
+        from sparrow_vllm.target.prompt import vllm_prompt
+
+        return vllm_prompt(processor, frames, question)
+
+    def video_placeholder(self) -> str:
+        return "<|vision_start|><|video_pad|><|vision_end|>"
+
+    def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
+        from sparrow_vllm.world import visual_tokens
+
+        return visual_tokens(num_frames, height, width)
+
+    def frames_for_visual_tokens(self, tokens: int, height: int = 112, width: int = 112) -> int:
+        from sparrow_vllm.world import frames_for_visual_tokens
+
+        return frames_for_visual_tokens(tokens, height, width)
+
+    def build_model(self, vision_parts=None, seed: int = 0):
+        from sparrow_vllm.target.build import build_model
+
+        return build_model(vision_parts, seed=seed)
+
+    def vision_module(self, model) -> torch.nn.Module:
+        return model.model.visual
+
+    def vision_parts_of(self, model) -> dict[str, torch.Tensor]:
+        from sparrow_vllm.target.build import vision_parts_of
+
+        return vision_parts_of(model)
+
+    def build_target(self, out_dir: Path | None = None, force: bool = False) -> Path:
+        from sparrow_vllm.target.build import build_target
+
+        return build_target(out_dir, force=force)
