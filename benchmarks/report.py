@@ -1,6 +1,9 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|drafts|tau|offline|serve|reliability
+    python benchmarks/report.py kernels|target|drafts|tau|offline|serve|reliability [ARCH]
+
+ARCH (target, drafts, offline, serve): qwen2.5-vl (default) or llava-onevision, whose results
+live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
 """
 
 from __future__ import annotations
@@ -31,17 +34,24 @@ def kernels() -> str:
                               f"head_dim {c['head_dim']}, one decode query per sequence.")
 
 
-def target() -> str:
+def _results(name: str, arch: str) -> Path:
+    return RESULTS / (f"{name}.json" if arch == DEFAULT_ARCH else f"{name}_{arch}.json")
+
+
+DEFAULT_ARCH = "qwen2.5-vl"
+
+
+def target(arch: str = DEFAULT_ARCH) -> str:
     rows = json.loads((RESULTS / "target_quality.json").read_text())
     out = ["| split | visual tokens | samples | exact | facts |", "|---|---|---|---|---|"]
-    for r in rows:
+    for r in (r for r in rows if r.get("family", DEFAULT_ARCH) == arch):
         out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {r['exact_accuracy']:.0%} | {r['facts_accuracy']:.0%} |")
     return "\n".join(out)
 
 
-def drafts() -> str:
-    """eval-draft reports collected in results/draft_eval.json (a list of eval-draft JSONs)."""
-    reports = json.loads((RESULTS / "draft_eval.json").read_text())
+def drafts(arch: str = DEFAULT_ARCH) -> str:
+    """eval-draft reports collected in results/draft_eval[_ARCH].json (a list of eval-draft JSONs)."""
+    reports = json.loads(_results("draft_eval", arch).read_text())
     ks = sorted({int(k) for r in reports for k in r["results"]})
     out = ["| draft | attention | anchor layers | visual tokens | samples | " + " | ".join(f"tau k={k}" for k in ks)
            + " | acceptance per position (k=%d) |" % ks[-1],
@@ -68,9 +78,9 @@ def tau() -> str:
     return "\n".join(out)
 
 
-def offline(path: Path = RESULTS / "bench_offline.json") -> str:
+def offline(arch: str = DEFAULT_ARCH) -> str:
     """benchmarks/bench_offline.py: one row per (visual tokens, batch), methods side by side."""
-    d = json.loads(Path(path).read_text())
+    d = json.loads(_results("bench_offline", arch).read_text())
     rows = {m: {(r["visual_tokens"], r["batch"]): r for r in rs} for m, rs in d["methods"].items()}
     out = ["| visual tokens | batch | none: decode tok/s | eagle3: tau / speedup | sparrow: tau / speedup | "
            "draft share of time: eagle3 / sparrow | sparrow: bound tau/(1+kc) | sparrow: verify step / plain step |",
@@ -91,9 +101,9 @@ def offline(path: Path = RESULTS / "bench_offline.json") -> str:
     return "\n".join(out)
 
 
-def serve() -> str:
+def serve(arch: str = DEFAULT_ARCH) -> str:
     """benchmarks/bench_serve.py: one row per method and concurrency."""
-    d = json.loads((RESULTS / "bench_serve.json").read_text())
+    d = json.loads(_results("bench_serve", arch).read_text())
     out = ["| method | concurrency | requests | TTFT (median) | TPOT (median) | output tok/s | tau | "
            "throughput vs none |", "|---|---|---|---|---|---|---|---|"]
     for method, levels in d["methods"].items():
@@ -124,4 +134,4 @@ def reliability() -> str:
 
 if __name__ == "__main__":
     print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau, "offline": offline, "serve": serve,
-           "reliability": reliability}[sys.argv[1]]())
+           "reliability": reliability}[sys.argv[1]](*sys.argv[2:]))
