@@ -10,8 +10,12 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="answer a video question through vLLM, with and without Sparrow")
+    from sparrow_vllm.families import DEFAULT_FAMILY, FAMILY_NAMES
+
+    p.add_argument("--arch", choices=FAMILY_NAMES, default=DEFAULT_FAMILY, help="which embedded target")
     p.add_argument("--index", type=int, default=3, help="SparrowWorld test-split sample")
-    p.add_argument("--visual-tokens", type=int, default=128, help="128 = the 16-frame clips the target was trained on")
+    p.add_argument("--visual-tokens", type=int, default=128,
+                   help="~visual tokens of the video; 128 = the 16-frame clips the Qwen2.5-VL target was trained on")
     p.add_argument("--question", default=None, help="default: the sample's own question")
     p.add_argument("--k", type=int, default=None, help="num_speculative_tokens (default: the draft's)")
     p.add_argument("--max-tokens", type=int, default=64)
@@ -22,15 +26,17 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
     from sparrow_vllm.spec_config import SparrowConfigError, default_draft_for
-    from sparrow_vllm.target.build import build_target
-    from sparrow_vllm.world import frames_for_visual_tokens, make_sample
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.world import make_sample
 
-    target = str(build_target())
-    frames = frames_for_visual_tokens(args.visual_tokens)
+    family = get_family(args.arch)
+    target = str(family.build_target())
+    frames = max(16, family.frames_for_visual_tokens(args.visual_tokens))
     sample = make_sample("test", args.index, frames)
     question = args.question or sample.question
     print(f"target: {target}")
-    print(f"video:  SparrowWorld test #{args.index}, {frames} frames 112x112 = {sample.visual_tokens} visual tokens")
+    print(f"video:  SparrowWorld test #{args.index}, {frames} frames 112x112 = "
+          f"{family.visual_tokens(frames)} visual tokens")
     print(f"Q: {question}")
     base = {"target": target, "prompts": world_prompt_specs("test", [args.index], frames, question),
             "sampling": {"max_tokens": args.max_tokens}, "engine": {"max_num_seqs": 1}}

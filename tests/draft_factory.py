@@ -61,3 +61,28 @@ def write_tiny_target(out: Path, seed: int) -> Path:
     processor.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def write_tiny_llava_target(out: Path, seed: int) -> Path:
+    """A tiny random LLaVA-OneVision (4 layers, width 64, 1-layer SigLIP) with the real
+    tokenizer and processor of the embedded LLaVA-OV target."""
+    from transformers import AutoTokenizer, LlamaConfig, LlavaOnevisionForConditionalGeneration
+
+    from sparrow_vllm.target.llava_onevision import extend_tokenizer, make_config, make_processor
+    from sparrow_vllm.target.paths import GGUF_FILE, smollm2_gguf_dir
+
+    tok = AutoTokenizer.from_pretrained(smollm2_gguf_dir(), gguf_file=GGUF_FILE)
+    ids = extend_tokenizer(tok)
+    lc = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, rope_theta=1e5,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = make_config(lc, ids, len(tok))
+    v = cfg.vision_config
+    v.num_hidden_layers, v.hidden_size, v.intermediate_size, v.num_attention_heads = 1, 32, 64, 2
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(cfg).float().eval()
+    model.save_pretrained(out)
+    processor = make_processor(tok)
+    processor.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
