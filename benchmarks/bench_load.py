@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from common import hardware  # noqa: E402
 from sparrow_vllm.serve_utils import (Server, chat_body, finished_in_engine, load_figures, metric_value,  # noqa: E402
                                       run_streams, spec_decode_stats, stream_chat, write_mp4)
 
@@ -121,8 +122,7 @@ def main() -> int:
                 "each completed answer compared with greedy no-speculation",
         "config": {**vars(args), "target": target, "draft": draft, "distinct_prompts": len(prompts),
                    "video_fps": FPS, "visual_tokens_range": [8 * args.min_frames, 8 * args.max_frames]},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version()},
+        "hardware": hardware() | {"platform": platform.platform(), "python": platform.python_version()},
         "figures": figures,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

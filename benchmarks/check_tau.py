@@ -30,17 +30,10 @@ def sample_spec(sample_id: str) -> dict:
 
 def eval_draft_per_sample(target: Path, draft: Path, data: Path, k: int) -> list[dict]:
     """``sparrow eval-draft``'s simulation, kept per sample (rounds, accepted, response)."""
-    from transformers import AutoConfig
-
-    from sparrow_vllm.draft.data import check_draft_compatible, check_target, load_samples, target_identity
-    from sparrow_vllm.draft.evaluate import simulate_sample
-    from sparrow_vllm.draft.export import load_draft
+    from sparrow_vllm.draft.evaluate import load_for_eval, simulate_sample
     from sparrow_vllm.draft.train import draft_sequence
 
-    model = load_draft(draft, target_dir=target)
-    manifest, samples = load_samples(data, layers=model.config.anchor_layers)
-    check_target(manifest, target_identity(target, AutoConfig.from_pretrained(str(target))), str(data))
-    check_draft_compatible(manifest, model.config)
+    model, _, samples, _ = load_for_eval(target, draft, data)
     rows = []
     for s in samples:
         seq = draft_sequence(s, model.config)
@@ -64,13 +57,13 @@ def main() -> int:
     args = ap.parse_args()
 
     from sparrow_vllm.draft.data import load_manifest
+    from sparrow_vllm.families import family_of
     from sparrow_vllm.offline import run_engine_subprocess
-    from sparrow_vllm.target.build import build_target
-    from sparrow_vllm.world import visual_tokens
 
-    target = build_target()
-    offline = eval_draft_per_sample(target, args.draft, args.data, args.k)
     manifest = load_manifest(args.data)
+    target = Path(manifest["target"]["path"])  # the target the data was extracted from
+    visual_tokens = family_of(target).visual_tokens
+    offline = eval_draft_per_sample(target, args.draft, args.data, args.k)
     specs = [sample_spec(r["id"]) for r in offline]
     max_new = manifest["settings"]["max_new_tokens"]
     run = run_engine_subprocess({

@@ -104,22 +104,30 @@ def format_table(res: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None = None,
-             out: str | None = None, progress: bool = True, window: int | None = None) -> dict:
+def load_for_eval(target_dir, draft_dir, data_dir, limit: int | None = None, window: int | None = None):
+    """``(draft model, manifest, samples, target HF config)``, checked to belong together
+    (the data was extracted from this target, and holds what the draft reads)."""
     from transformers import AutoConfig
 
     from sparrow_vllm.draft.data import check_draft_compatible, check_target, load_samples, target_identity
     from sparrow_vllm.draft.export import load_draft
-    from sparrow_vllm.families import family_of
 
     model = load_draft(draft_dir, target_dir=target_dir)
     if window is not None:  # inference-time window differing from training (study only)
         model.config = model.config.replace(window_size=window)
-    cfg = model.config
-    manifest, samples = load_samples(data_dir, layers=cfg.anchor_layers, limit=limit)
+    manifest, samples = load_samples(data_dir, layers=model.config.anchor_layers, limit=limit)
     target_config = AutoConfig.from_pretrained(str(target_dir))
     check_target(manifest, target_identity(target_dir, target_config), str(data_dir))
-    check_draft_compatible(manifest, cfg)
+    check_draft_compatible(manifest, model.config)
+    return model, manifest, samples, target_config
+
+
+def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None = None,
+             out: str | None = None, progress: bool = True, window: int | None = None) -> dict:
+    from sparrow_vllm.families import family_of
+
+    model, manifest, samples, target_config = load_for_eval(target_dir, draft_dir, data_dir, limit, window)
+    cfg = model.config
     res = evaluate(model, samples, ks, progress)
     report = {"draft": str(draft_dir), "data": str(data_dir), "recipe": cfg.recipe,
               "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
