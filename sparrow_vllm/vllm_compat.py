@@ -19,6 +19,10 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
    gains vLLM's ``SupportsEagle3`` (auxiliary hidden states of chosen layers), which vLLM
    0.32 gives Qwen2.5-VL but not LLaVA-OneVision; its text model (``LlamaModel``) already
    captures them, the wrapper only lacked the interface. EAGLE-3 and Sparrow need it.
+7. ``LlavaOnevisionForConditionalGeneration._process_video_pixels``: with videos of different
+   lengths in one encoder batch, vLLM 0.32 returns each video's embeddings as ``[1, n, D]``
+   where the engine expects ``[n, D]`` (an assertion kills the engine); we drop that axis.
+   Not Sparrow-specific: any LLaVA-OV server sees mixed lengths under load.
 """
 
 from __future__ import annotations
@@ -274,7 +278,7 @@ def patch_media_errors() -> None:
         setattr(MediaConnector, name, load_media)
 
 
-# --- 6. EAGLE-3 hidden-state capture for LLaVA-OneVision ------------------------------
+# --- 6 + 7. LLaVA-OneVision: EAGLE-3 hidden-state capture; mixed video lengths ----------
 def _patch_llava_onevision(module) -> None:
     cls = _require(module, "LlavaOnevisionForConditionalGeneration", module.__name__)
     from vllm.model_executor.models import interfaces
@@ -289,6 +293,18 @@ def _patch_llava_onevision(module) -> None:
     cls.supports_eagle3 = True
     cls.has_own_lm_head = False
     cls.has_own_embed_tokens = False
+
+    # 7. mixed video lengths in one encoder batch
+    process = _require(cls, "_process_video_pixels", "LlavaOnevisionForConditionalGeneration")
+
+    @functools.wraps(process)
+    def _process_video_pixels(self, inputs):
+        out = process(self, inputs)
+        if isinstance(out, list):  # one [1, n, D] per video -> [n, D]
+            return [e.squeeze(0) if e.dim() == 3 else e for e in out]
+        return out
+
+    cls._process_video_pixels = _process_video_pixels
 
 
 def install() -> None:

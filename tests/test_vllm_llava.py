@@ -13,8 +13,10 @@ pytestmark = pytest.mark.vllm
 FRAMES = [16, 32, 64, 24]
 PROMPTS = world_prompt_specs("test", range(8), [FRAMES[i % len(FRAMES)] for i in range(8)]) + [
     {"text": "What is the capital of France?"}]
-# 256-token chunks split every video across prefill steps.
-ENGINE = {"max_model_len": 4096, "max_num_seqs": 4, "enable_chunked_prefill": True, "max_num_batched_tokens": 256}
+# Videos of different lengths share encoder batches (vllm_compat patch 7). vLLM sizes
+# LLaVA-OV's encoder cache from max_num_batched_tokens, so one step must fit a whole video
+# (1,025 tokens); prompts still span several prefill steps when batched.
+ENGINE = {"max_model_len": 4096, "max_num_seqs": 4, "enable_chunked_prefill": True, "max_num_batched_tokens": 1040}
 
 
 @pytest.fixture(scope="module")

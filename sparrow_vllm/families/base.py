@@ -5,8 +5,9 @@ Everything family-specific lives in a ``FamilyAdapter`` subclass (``qwen2_5_vl.p
 the adapter and nothing else. A new family needs: its HF architecture name, how its
 processor turns (video, question) into inputs, which token ids are visual placeholders
 (text positions are all the others), its text config (layers, hidden size), the 1-D
-position vLLM gives an EAGLE-3 draft at each token, and a vLLM patch if its vLLM model
-class does not expose EAGLE-3 auxiliary hidden states.
+position vLLM gives an EAGLE-3 draft at each token, and (in ``vllm_compat.py``, where every
+vLLM patch lives) a patch if its vLLM model class does not expose EAGLE-3 auxiliary hidden
+states.
 """
 
 from __future__ import annotations
@@ -79,10 +80,6 @@ class FamilyAdapter:
     def video_placeholder(self) -> str:
         """The text the chat template puts where the video goes (for text-only prompts)."""
         raise NotImplementedError
-
-    def patch_vllm(self) -> None:
-        """Make vLLM's model class of this family give EAGLE-3 auxiliary hidden states
-        (nothing to do when vLLM already does)."""
 
     # ---- videos -------------------------------------------------------------------------
     def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:

@@ -101,17 +101,27 @@ def build_target(out_dir: Path | None = None, force: bool = False, vision_parts_
 
     Deterministic; idempotent (a complete directory is reused unless ``force``).
     """
-    out_dir = Path(out_dir or default_target_dir())
-    marker = out_dir / "sparrow_target.json"
     parts_path = vision_parts_path or ASSETS_DIR / VISION_PARTS
     stamp = {"name": TARGET_NAME, "builder": BUILDER_VERSION,
              "vision_parts_sha256": _sha256(parts_path) if parts_path.exists() else None}
+    return write_checkpoint(Path(out_dir or default_target_dir()), stamp, force,
+                            lambda: build_model(load_vision_parts(parts_path)))
+
+
+def write_checkpoint(out_dir: Path, stamp: dict, force: bool, build, after_save=None) -> Path:
+    """The assembly step both embedded targets share: reuse ``out_dir`` if its stamp file
+    equals ``stamp`` (unless ``force``), else ``build() -> (model, tokenizer, processor)``,
+    save into a temp directory next to it (``after_save(tmp)`` may rewrite files there) and
+    rename it into place, so an interrupted build never leaves a half directory behind."""
+    marker = out_dir / "sparrow_target.json"
     if not force and marker.exists() and json.loads(marker.read_text()) == stamp:
         return out_dir
-    model, tokenizer, processor = build_model(load_vision_parts(parts_path))
+    model, tokenizer, processor = build()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     model.save_pretrained(tmp, safe_serialization=True)
+    if after_save is not None:
+        after_save(tmp)
     processor.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "sparrow_target.json").write_text(json.dumps(stamp))

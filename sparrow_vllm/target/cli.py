@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
 
     t = subparsers.add_parser("train-target", help="train the target's vision tower on SparrowWorld (once; ~40 min)")
     _add_arch(t)
-    t.add_argument("--out", type=Path, default=Path("runs/target"))
+    t.add_argument("--out", type=Path, default=None, help="default runs/target (qwen2.5-vl), runs/target-<arch>")
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--accum", type=int, default=4)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -57,7 +57,8 @@ def run_build(args) -> int:
 def run_train(args) -> int:
     from sparrow_vllm.target.train_vision import train_vision
 
-    print(train_vision(args.out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
+    out = args.out or Path("runs/target" if args.arch == "qwen2.5-vl" else f"runs/target-{args.arch}")
+    print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
                        family=args.arch))
     return 0
 

@@ -1,0 +1,85 @@
+"""LLaVA-OneVision: ``<video>`` placeholders, plain 1-D positions, SigLIP tower + projector +
+``image_newline``; a video is 2x2-pooled patches of every frame plus one newline.
+
+The embedded target of this family is ``sparrow_vllm/target/llava_onevision.py`` (SmolLM2 +
+a small SigLIP tower). vLLM 0.32 serves ``LlavaOnevisionForConditionalGeneration``
+unmodified; its EAGLE-3 hidden-state capture and a mixed-video-length fix are patches 6 and 7
+in ``sparrow_vllm/vllm_compat.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparrow_vllm.families.base import FamilyAdapter
+
+
+class LlavaOneVisionAdapter(FamilyAdapter):
+    name = "llava-onevision"
+    architectures = ("LlavaOnevisionForConditionalGeneration",)
+    embedded_target = "sparrow-llavaov-smollm2"
+
+    # ---- transformers -------------------------------------------------------------------
+    def load_hf(self, target_dir, dtype=torch.float32):
+        from sparrow_vllm.target.llava_onevision import load_hf_target
+
+        return load_hf_target(target_dir, dtype)
+
+    def hf_inputs(self, processor, frames: np.ndarray, question: str, answer: str | None = None):
+        from sparrow_vllm.target.llava_onevision import hf_inputs
+
+        return hf_inputs(processor, frames, question, answer)
+
+    # draft_positions: the base's plain arange (LLaVA-OV has no mRoPE; vLLM gives every
+    # token, visual ones included, its index).
+
+    # ---- vLLM ---------------------------------------------------------------------------
+    def prompt_text(self, processor, question: str) -> str:
+        from sparrow_vllm.target.llava_onevision import prompt_text
+
+        return prompt_text(processor, question)
+
+    def vllm_prompt(self, processor, frames: np.ndarray, question: str) -> dict:
+        from sparrow_vllm.target.llava_onevision import vllm_prompt
+
+        return vllm_prompt(processor, frames, question)
+
+    def video_placeholder(self) -> str:
+        from sparrow_vllm.target.llava_onevision import VIDEO_PLACEHOLDER
+
+        return VIDEO_PLACEHOLDER  # "<video>\n"
+
+    # ---- videos -------------------------------------------------------------------------
+    def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
+        from sparrow_vllm.target.llava_onevision import visual_tokens
+
+        return visual_tokens(num_frames, height, width)
+
+    # ---- the embedded target ------------------------------------------------------------
+    def build_model(self, vision_parts: dict[str, torch.Tensor] | None = None, seed: int = 0):
+        from sparrow_vllm.target.llava_onevision import build_model
+
+        return build_model(vision_parts, seed=seed)
+
+    def vision_module(self, model) -> torch.nn.Module:
+        """Tower + projector + ``image_newline`` (a view sharing the model's parameters)."""
+        from sparrow_vllm.target.llava_onevision import vision_module
+
+        return vision_module(model)
+
+    def vision_parts_of(self, model) -> dict[str, torch.Tensor]:
+        from sparrow_vllm.target.llava_onevision import vision_parts_of
+
+        return vision_parts_of(model)
+
+    def build_target(self, out_dir: Path | None = None, force: bool = False) -> Path:
+        from sparrow_vllm.target.llava_onevision import build_target
+
+        return build_target(out_dir, force=force)
+
+    def eos_token_ids(self, tokenizer) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
