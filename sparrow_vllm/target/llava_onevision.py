@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sparrow_vllm.target.paths import cache_root
+from sparrow_vllm.target.prompt import append_answer, messages
 from sparrow_vllm.target.smollm2 import load_smollm2
 
 TARGET_NAME = "sparrow-llavaov-smollm2"
@@ -175,32 +176,14 @@ def make_processor(tokenizer):
 
 # ---- prompts ----------------------------------------------------------------------------
 
-def messages(question: str, answer: str | None = None) -> list[dict]:
-    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    if answer is not None:
-        msgs.append({"role": "assistant", "content": answer})
-    return msgs
-
-
 def prompt_text(processor, question: str) -> str:
     return processor.apply_chat_template(messages(question), add_generation_prompt=True, tokenize=False)
 
 
 def hf_inputs(processor, frames, question: str, answer: str | None = None):
-    """Tokenized HF inputs; with ``answer`` also ``labels`` (-100 outside the answer).
-
-    The answer is tokenized on its own and appended, exactly as generation produces it
-    (same semantics as ``target/prompt.py``)."""
+    """Tokenized HF inputs; with ``answer`` also ``labels`` (``target/prompt.py`` semantics)."""
     inputs = processor(text=[prompt_text(processor, question)], videos=[frames], return_tensors="pt")
-    if answer is not None:
-        ids = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
-        prompt_ids = inputs["input_ids"]
-        inputs["input_ids"] = torch.cat([prompt_ids, ids], 1)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if "mm_token_type_ids" in inputs:
-            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
-        inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
-    return inputs
+    return append_answer(inputs, processor.tokenizer, answer)
 
 
 def vllm_prompt(processor, frames, question: str) -> dict:

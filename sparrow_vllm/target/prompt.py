@@ -35,21 +35,29 @@ def hf_inputs(processor, frames: np.ndarray, question: str, answer: str | None =
 
     The answer is tokenized on its own and appended, exactly as generation produces it.
     """
-    import torch
-
     inputs = processor(
         text=[prompt_text(processor, question)], videos=[frames], return_tensors="pt",
         videos_kwargs={"do_sample_frames": False, "fps": VIDEO_FPS},
     )
     # Keep `mm_token_type_ids`: without it transformers 5 silently gives video tokens plain
     # 1-D positions instead of Qwen2.5-VL's mRoPE (what vLLM computes).
-    if answer is not None:
-        ids = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
-        prompt_ids = inputs["input_ids"]
-        inputs["input_ids"] = torch.cat([prompt_ids, ids], 1)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    return append_answer(inputs, processor.tokenizer, answer)
+
+
+def append_answer(inputs, tokenizer, answer: str | None):
+    """With ``answer``: append its tokens (+ ``<|im_end|>``) to the prompt's and add ``labels``
+    (-100 on the prompt). The answer is tokenized on its own, exactly as generation produces it."""
+    import torch
+
+    if answer is None:
+        return inputs
+    ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    prompt_ids = inputs["input_ids"]
+    inputs["input_ids"] = torch.cat([prompt_ids, ids], 1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:
         inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
-        inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
+    inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
     return inputs
 
 
