@@ -12,7 +12,7 @@ import torch
 from sparrow_vllm.target.config import extend_tokenizer, make_config, make_processor
 from sparrow_vllm.target.mrope import use_vllm_positions
 from sparrow_vllm.target.paths import ASSETS_DIR, TARGET_NAME, default_target_dir
-from sparrow_vllm.target.smollm2 import load_smollm2
+from sparrow_vllm.target.smollm2 import lm_state_with_new_rows, load_smollm2
 
 VISION_PARTS = "vision_parts.safetensors"
 # Trainable parts beyond the vision tower: the rows of the new special tokens.
@@ -28,20 +28,12 @@ def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int =
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     llama, tokenizer = load_smollm2()
-    base_vocab = llama.config.vocab_size
     token_ids = extend_tokenizer(tokenizer)
     config = make_config(llama.config, token_ids, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).float().eval()
 
-    lm_state = {}
-    for k, v in llama.model.state_dict().items():
-        lm_state[k] = v
-    embed = llama.model.embed_tokens.weight.detach()
-    new_rows = embed.mean(0, keepdim=True).repeat(len(tokenizer) - base_vocab, 1)
-    if vision_parts is not None and NEW_ROWS_KEY in vision_parts:
-        new_rows = vision_parts[NEW_ROWS_KEY]
-    lm_state["embed_tokens.weight"] = torch.cat([embed, new_rows.to(embed.dtype)], 0)
+    lm_state = lm_state_with_new_rows(llama, len(tokenizer), (vision_parts or {}).get(NEW_ROWS_KEY))
     lm = model.model.language_model
     missing, unexpected = lm.load_state_dict(lm_state, strict=False)
     # Qwen2 has q/k/v biases, Llama none: exact mapping means zero biases.

@@ -21,7 +21,7 @@ from torch import nn
 
 from sparrow_vllm.target.paths import cache_root
 from sparrow_vllm.target.prompt import append_answer, messages
-from sparrow_vllm.target.smollm2 import load_smollm2
+from sparrow_vllm.target.smollm2 import lm_state_with_new_rows, load_smollm2
 
 TARGET_NAME = "sparrow-llavaov-smollm2"
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / TARGET_NAME
@@ -225,18 +225,12 @@ def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int =
     from transformers import LlavaOnevisionForConditionalGeneration
 
     llama, tokenizer = load_smollm2()
-    base_vocab = llama.config.vocab_size
     token_ids = extend_tokenizer(tokenizer)
     config = make_config(llama.config, token_ids, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).float().eval()
 
-    lm_state = dict(llama.model.state_dict())
-    embed = llama.model.embed_tokens.weight.detach()
-    new_rows = embed.mean(0, keepdim=True).repeat(len(tokenizer) - base_vocab, 1)
-    if vision_parts is not None and NEW_ROWS_KEY in vision_parts:
-        new_rows = vision_parts[NEW_ROWS_KEY]
-    lm_state["embed_tokens.weight"] = torch.cat([embed, new_rows.to(embed.dtype)], 0)
+    lm_state = lm_state_with_new_rows(llama, len(tokenizer), (vision_parts or {}).get(NEW_ROWS_KEY))
     model.model.language_model.load_state_dict(lm_state, strict=True)  # same class: no mapping
     if vision_parts is not None:
         vision = {k: v for k, v in vision_parts.items() if k != NEW_ROWS_KEY}

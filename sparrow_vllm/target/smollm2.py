@@ -24,3 +24,14 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
         hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
+
+
+def lm_state_with_new_rows(llama, vocab_size: int, new_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """SmolLM2's decoder state for a vocabulary grown to ``vocab_size`` (special tokens
+    appended): the new embedding rows are ``new_rows`` (trained, committed) or the mean row."""
+    state = dict(llama.model.state_dict())
+    embed = llama.model.embed_tokens.weight.detach()
+    if new_rows is None:
+        new_rows = embed.mean(0, keepdim=True).repeat(vocab_size - embed.shape[0], 1)
+    state["embed_tokens.weight"] = torch.cat([embed, new_rows.to(embed.dtype)], 0)
+    return state
