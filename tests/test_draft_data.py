@@ -172,3 +172,25 @@ def test_text_only_copy_equals_text_only_extraction(target, full_data, tmp_path)
         assert t1[k].keys() == t2[k].keys()
         for name in t1[k]:
             assert torch.equal(t1[k][name], t2[k][name]), (k, name)
+
+
+def test_train_on_several_datasets_of_one_target(target, full_data, tmp_path):
+    """Short and long videos mixed (`sparrow train --data A B`); a dataset of another target
+    is refused."""
+    from dataclasses import replace
+
+    from sparrow_vllm.draft.train import train
+
+    def args(dirs, out):
+        return replace(_train_args(dirs[0], out), data=[str(d) for d in dirs])
+
+    longer = tmp_path / "32f"
+    generate_dataset(target, longer, spec(n=2, num_frames=32), progress=False)
+    train(args([full_data, longer], tmp_path / "mixed"), log=lambda *_: None)
+    info = json.loads((tmp_path / "mixed" / "training.json").read_text())
+    assert info["train_samples"] == 5 + 2
+    other = write_tiny_target(tmp_path / "other", 1)
+    foreign = tmp_path / "foreign"
+    generate_dataset(other, foreign, spec(n=1), progress=False)
+    with pytest.raises(DataMismatchError, match="target"):
+        train(args([full_data, foreign], tmp_path / "bad"), log=lambda *_: None)

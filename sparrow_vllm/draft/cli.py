@@ -59,7 +59,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run_data)
 
     p = subparsers.add_parser("train", help="train a Sparrow draft (or the EAGLE-3 baseline)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, nargs="+",
+                   help="dataset dir(s) of one target; several mix them (e.g. short and long videos)")
     p.add_argument("--val-data")
     p.add_argument("--out", required=True)
     p.add_argument("--target", help="target dir (default: the one recorded in the data manifest)")
@@ -124,7 +125,7 @@ def run_train(args) -> int:
 
     _check_ray_args(args)
     _threads(args.threads)
-    a = TrainArgs(data=args.data, out=args.out, recipe=args.recipe, anchor_layers=args.anchor_layers,
+    a = TrainArgs(data=args.data[0] if len(args.data) == 1 else args.data, out=args.out, recipe=args.recipe, anchor_layers=args.anchor_layers,
                   window=args.window, mtp_depth=args.mtp_depth, num_layers=args.num_layers,
                   intermediate_size=args.intermediate_size, draft_vocab=args.draft_vocab, steps=args.steps,
                   batch_size=args.batch_size, lr=args.lr, step_decay=args.step_decay, seed=args.seed,

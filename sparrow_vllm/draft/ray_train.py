@@ -85,7 +85,9 @@ def train_ray(a: TrainArgs, num_workers: int | None = None, threads: int = 1) ->
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     resolve = lambda p: p and str(Path(p).resolve())  # noqa: E731 - workers may start elsewhere
-    a = replace(a, out=str(out), data=resolve(a.data), val_data=resolve(a.val_data), target=resolve(a.target))
+    data = a.data if isinstance(a.data, str) else [resolve(d) for d in a.data]
+    a = replace(a, out=str(out), data=resolve(data) if isinstance(data, str) else data,
+                val_data=resolve(a.val_data), target=resolve(a.target))
     if not a.resume:  # as the single-process run, a fresh run ignores an old checkpoint
         shutil.rmtree(out / RUN_NAME, ignore_errors=True)
     if not ray.is_initialized():

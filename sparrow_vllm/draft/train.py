@@ -169,7 +169,7 @@ def evaluate_acc(model, seqs, depth, t2d_table, batch_size=16) -> dict:
 # ---- training loop ---------------------------------------------------------------------------
 @dataclass
 class TrainArgs:
-    data: str
+    data: str | list[str]  # one dataset dir, or several of the same target (e.g. mixed video lengths)
     out: str
     recipe: str = "sparrow"
     anchor_layers: list[int] | None = None
@@ -222,11 +222,32 @@ class TrainRun:
     target: dict  # the data manifest's target identity
 
 
+def data_dirs(data: str | list[str] | None) -> list[str]:
+    return [] if data is None else [data] if isinstance(data, (str, Path)) else list(data)
+
+
+def load_training_samples(dirs: list[str], cfg: SparrowDraftConfig, identity: dict,
+                          limit: int | None = None) -> list[dict]:
+    """Samples of one or several datasets, each checked to come from the target ``identity``
+    and to hold ``cfg``'s anchor layers; ``hidden`` holds exactly those layers."""
+    from sparrow_vllm.draft.data import check_target, load_manifest
+
+    out = []
+    for d in dirs:
+        manifest = load_manifest(d)
+        check_target(manifest, identity, d)
+        check_draft_compatible(manifest, cfg)
+        out += load_samples(d, layers=cfg.anchor_layers, limit=limit)[1]
+    return out
+
+
 def prepare_run(a: TrainArgs) -> TrainRun:
     """Seed, load the data, build the draft config, vocabulary and initial model."""
     torch.manual_seed(a.seed)
-    manifest, samples = load_samples(a.data)
-    t = manifest["target"]
+    from sparrow_vllm.draft.data import load_manifest, target_identity
+
+    dirs = data_dirs(a.data)
+    t = load_manifest(dirs[0])["target"]
     target_dir = a.target or t["path"]
     from transformers import AutoConfig
 
@@ -237,14 +258,8 @@ def prepare_run(a: TrainArgs) -> TrainRun:
     if a.anchor_layers:
         overrides["anchor_layers"] = sorted(a.anchor_layers)
     cfg = SparrowDraftConfig.for_target(tcfg, recipe=a.recipe, **overrides)
-    from sparrow_vllm.draft.data import check_target, target_identity
-
-    check_target(manifest, target_identity(target_dir, tcfg), a.data)
-    check_draft_compatible(manifest, cfg)
-    stored = manifest["layers"]
-    sel = [stored.index(l) for l in cfg.anchor_layers]
-    for s in samples:
-        s["hidden"] = s["hidden"][:, sel]
+    identity = target_identity(target_dir, tcfg)
+    samples = load_training_samples(dirs, cfg, identity)
     tok_eos = [tcfg.text_config.eos_token_id] if isinstance(tcfg.text_config.eos_token_id, int) else list(
         tcfg.text_config.eos_token_id or [])
     try:
@@ -264,14 +279,8 @@ def prepare_run(a: TrainArgs) -> TrainRun:
             model.norm.weight.copy_(norm)
     t2d_table = model.target_to_draft(torch.arange(cfg.target_vocab_size))
     seqs = [draft_sequence(s, cfg) for s in samples]
-    val_seqs = []
-    if a.val_data:
-        vman, vs = load_samples(a.val_data, limit=a.val_limit)
-        check_draft_compatible(vman, cfg)
-        vsel = [vman["layers"].index(l) for l in cfg.anchor_layers]
-        for s in vs:
-            s["hidden"] = s["hidden"][:, vsel]
-        val_seqs = [draft_sequence(s, cfg) for s in vs]
+    val = load_training_samples(data_dirs(a.val_data), cfg, identity, limit=a.val_limit)
+    val_seqs = [draft_sequence(s, cfg) for s in val]
     return TrainRun(cfg, model, seqs, val_seqs, t2d_table, t)
 
 
