@@ -10,9 +10,12 @@ counters read before and after the level. Ratios against no speculation come fro
 run; greedy outputs are compared token for token across methods (speculation is lossless,
 so the expected number of mismatches is 0).
 
-vLLM's video-file loader samples a served mp4 at 2 fps (its default); the mp4s are written
-at ``--video-fps`` (2 by default, so every written frame reaches the model and the servers run
-with vLLM's default video flags). The JSON reports the prompt tokens vLLM counted.
+vLLM's video-file loader samples a served mp4 at 2 fps for Qwen2.5-VL (its default); the mp4s
+are written at ``--video-fps`` (2 by default, so every written frame reaches the model and the
+servers run with vLLM's default video flags). For LLaVA-OneVision vLLM keeps 32 evenly spaced
+frames of a file by default; the servers get ``--media-io-kwargs '{"video": {"num_frames": -1}}'``
+so that every written frame reaches the model there too. The JSON reports the prompt tokens
+vLLM counted.
 
     python benchmarks/bench_serve.py --quick      # a few minutes
     python benchmarks/bench_serve.py              # 3 methods x concurrency 1, 4, 16 (~5 min on 2 cores)
@@ -218,8 +221,13 @@ def main() -> int:
         flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(max_len),
                  "--max-num-seqs", str(max(16, *args.concurrency)), "--allowed-local-media-path", media,
                  "--limit-mm-per-prompt", '{"video": 1, "image": 1}']
-        if args.video_fps != 2:
-            flags += ["--media-io-kwargs", json.dumps({"video": {"fps": args.video_fps}})]
+        media_io = {"fps": args.video_fps} if args.video_fps != 2 else {}
+        if args.arch != "qwen2.5-vl":
+            # vLLM's default video loader keeps 32 evenly spaced frames of a file (Qwen2.5-VL's
+            # samples by fps instead); -1 keeps every written frame, as for Qwen2.5-VL.
+            media_io["num_frames"] = -1
+        if media_io:
+            flags += ["--media-io-kwargs", json.dumps({"video": media_io})]
         results["config"]["server_flags"] = flags
         results["video"] = {"frames_written": args.frames, "fps_written": args.video_fps,
                             "seconds": [f / args.video_fps for f in args.frames],
