@@ -221,6 +221,9 @@ def main() -> int:
         flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(max_len),
                  "--max-num-seqs", str(max(16, *args.concurrency)), "--allowed-local-media-path", media,
                  "--limit-mm-per-prompt", '{"video": 1, "image": 1}']
+        longest = family.visual_tokens(max(args.frames))
+        if longest > 2048:  # vLLM 0.32 sizes its encoder cache from this (default 2048 when serving)
+            flags += ["--max-num-batched-tokens", str(longest)]
         media_io = {"fps": args.video_fps} if args.video_fps != 2 else {}
         if args.arch != "qwen2.5-vl":
             # vLLM's default video loader keeps 32 evenly spaced frames of a file (Qwen2.5-VL's
