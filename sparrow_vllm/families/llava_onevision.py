@@ -79,7 +79,3 @@ class LlavaOneVisionAdapter(FamilyAdapter):
         from sparrow_vllm.target.llava_onevision import build_target
 
         return build_target(out_dir, force=force)
-
-    def eos_token_ids(self, tokenizer) -> list[int]:
-        return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-
