@@ -110,8 +110,3 @@ class FamilyAdapter:
 
     def build_target(self, out_dir: Path | None = None, force: bool = False) -> Path:
         raise NotImplementedError
-
-    def default_target_dir(self) -> Path:
-        from sparrow_vllm.target.paths import cache_root
-
-        return cache_root() / "targets" / self.embedded_target

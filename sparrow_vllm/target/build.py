@@ -82,7 +82,7 @@ def load_vision_parts(path: Path | None = None) -> dict[str, torch.Tensor]:
 BUILDER_VERSION = 2  # bump when the assembly itself changes
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -95,7 +95,7 @@ def build_target(out_dir: Path | None = None, force: bool = False, vision_parts_
     """
     parts_path = vision_parts_path or ASSETS_DIR / VISION_PARTS
     stamp = {"name": TARGET_NAME, "builder": BUILDER_VERSION,
-             "vision_parts_sha256": _sha256(parts_path) if parts_path.exists() else None}
+             "vision_parts_sha256": file_sha256(parts_path) if parts_path.exists() else None}
     return write_checkpoint(Path(out_dir or default_target_dir()), stamp, force,
                             lambda: build_model(load_vision_parts(parts_path)))
 

@@ -273,12 +273,6 @@ def default_target_dir() -> Path:
     return cache_root() / "targets" / TARGET_NAME
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _classic_siglip_keys(path: Path) -> None:
     """transformers 5 saves SigLIP as ``vision_tower.encoder...`` (its flattened module
     layout); vLLM 0.32 (and LLaVA-OV checkpoints on the Hub) expect
@@ -305,10 +299,10 @@ def build_target(out_dir: Path | None = None, force: bool = False, vision_parts_
     ``assets/sparrow-llavaov-smollm2/vision_parts.safetensors``); a missing file raises
     ``FileNotFoundError`` naming the training command.
     """
-    from sparrow_vllm.target.build import write_checkpoint
+    from sparrow_vllm.target.build import file_sha256, write_checkpoint
 
     parts_path = Path(vision_parts_path or ASSETS_DIR / VISION_PARTS)
     parts = load_vision_parts(parts_path)  # raises with the training command
-    stamp = {"name": TARGET_NAME, "builder": BUILDER_VERSION, "vision_parts_sha256": _sha256(parts_path)}
+    stamp = {"name": TARGET_NAME, "builder": BUILDER_VERSION, "vision_parts_sha256": file_sha256(parts_path)}
     return write_checkpoint(Path(out_dir or default_target_dir()), stamp, force, lambda: build_model(parts),
                             after_save=lambda tmp: _classic_siglip_keys(tmp / "model.safetensors"))
