@@ -42,11 +42,46 @@ DEFAULT_ARCH = "qwen2.5-vl"
 
 
 def target(arch: str = DEFAULT_ARCH) -> str:
+    """Table of the target's accuracy by video length; also writes its plot
+    (``target_quality[_ARCH].png``: exact, facts and form accuracy against visual tokens)."""
     rows = json.loads((RESULTS / "target_quality.json").read_text())
-    out = ["| split | visual tokens | samples | exact | facts |", "|---|---|---|---|---|"]
-    for r in (r for r in rows if r.get("family", DEFAULT_ARCH) == arch):
-        out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {r['exact_accuracy']:.0%} | {r['facts_accuracy']:.0%} |")
+    rows = [r for r in rows if r.get("family", DEFAULT_ARCH) == arch]
+    out = ["| split | visual tokens | samples | exact | facts | form |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        form = f"{r['form_accuracy']:.0%}" if "form_accuracy" in r else "-"
+        out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {r['exact_accuracy']:.0%} "
+                   f"| {r['facts_accuracy']:.0%} | {form} |")
+    _plot_target(rows, _results("target_quality", arch).with_suffix(".png"), arch)
     return "\n".join(out)
+
+
+def _plot_target(rows: list[dict], path: Path, arch: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for split in sorted({r["split"] for r in rows}):
+        rs = sorted((r for r in rows if r["split"] == split), key=lambda r: r["visual_tokens"])
+        x = [r["visual_tokens"] for r in rs]
+        ax.plot(x, [100 * r["exact_accuracy"] for r in rs], "o-", label=f"{split}: exact")
+        ax.plot(x, [100 * r["facts_accuracy"] for r in rs], "s--", label=f"{split}: facts")
+        if all("form_accuracy" in r for r in rs):
+            ax.plot(x, [100 * r["form_accuracy"] for r in rs], "^:", label=f"{split}: form (makes sense)")
+        for r in rs:
+            ax.annotate(f"n={r['n']}", (r["visual_tokens"], 100 * r["exact_accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("visual tokens per video")
+    ax.set_ylabel("greedy answers correct (%)")
+    ax.set_title(f"embedded {arch} target on SparrowWorld (vLLM, CPU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def drafts(arch: str = DEFAULT_ARCH) -> str:

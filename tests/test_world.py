@@ -239,3 +239,9 @@ def test_score_answer():
     assert not score_answer(s, s.answer.replace(right, wrong), mode="facts")
     assert not score_answer(s, s.answer.replace(right, f"{right} and {wrong}"), mode="facts")
     assert score_answer(s, s.answer.replace("The", "the  ").rstrip("."), mode="facts")
+    # form: the template with any content words; a wrong colour keeps it, other words do not
+    assert score_answer(s, s.answer.replace(right, wrong), mode="form")
+    assert not score_answer(s, s.answer.replace(right, f"{right} and {wrong}"), mode="form")
+    assert not score_answer(s, "The user", mode="form")
+    d = _samples_of_kind("describe", 1)[0]
+    assert score_answer(d, d.answer, mode="form") and not score_answer(d, d.answer + " It disappears.", mode="form")

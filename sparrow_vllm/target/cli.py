@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", type=Path, default=None, help="continue from these vision parts")
+    t.add_argument("--simulate-tokens", type=int, default=32768,
+                   help="train short clips as if up to this many visual tokens long (0: off; see train_vision)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -59,7 +61,7 @@ def run_train(args) -> int:
 
     out = args.out or Path("runs/target" if args.arch == "qwen2.5-vl" else f"runs/target-{args.arch}")
     print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
-                       family=args.arch))
+                       family=args.arch, simulate_tokens=args.simulate_tokens))
     return 0
 
 

@@ -24,7 +24,7 @@ def generate_answer(model, processor, frames, question: str, max_new_tokens: int
 
 def evaluate(model, processor, split: str = "test", n: int = 100, num_frames: int = 16,
              start_index: int = 0) -> dict:
-    """Exact and facts accuracy of greedy answers over ``n`` samples of ``split``."""
+    """Exact, facts and form accuracy of greedy answers over ``n`` samples of ``split``."""
     rows = []
     t0 = time.time()
     for i in tqdm(range(start_index, start_index + n), desc=f"eval {split} {num_frames}f"):
@@ -59,7 +59,7 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
 def _scored_row(s, answer: str) -> dict:
     return {"id": s.id, "kind": s.kind, "question": s.question, "reference": s.answer,
             "answer": answer, "exact": score_answer(s, answer, "exact"),
-            "facts": score_answer(s, answer, "facts")}
+            "facts": score_answer(s, answer, "facts"), "form": score_answer(s, answer, "form")}
 
 
 def _summary(rows, split, n, num_frames, start_index, t0, family) -> dict:
@@ -71,6 +71,7 @@ def _summary(rows, split, n, num_frames, start_index, t0, family) -> dict:
         "visual_tokens": family.visual_tokens(num_frames),
         "exact_accuracy": sum(r["exact"] for r in rows) / n,
         "facts_accuracy": sum(r["facts"] for r in rows) / n,
+        "form_accuracy": sum(r["form"] for r in rows) / n,
         "exact_by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
         "seconds": round(time.time() - t0, 1),
         "rows": rows,

@@ -7,6 +7,14 @@ Run once (tens of minutes on 2 cores, in the background); the result is committe
 from it::
 
     python -m sparrow_vllm.target.train_vision --arch llava-onevision --out runs/target-llava --steps 180 --accum 3
+
+Long videos on a short-clip budget (``simulate_tokens``). A frozen LM fed a long video
+breaks because its attention mass drains into thousands of visual tokens, not because of
+their positions (SparrowWorld events scale with the video, so a 25k-token video is roughly its
+16-frame version with every frame repeated ~200 times). Adding ``log m`` to the attention
+logit of every visual key is exactly attention over ``m`` copies of each visual token
+(``long_video_attention``), so a short clip trains the tower as if it were ``m`` times
+longer, at the short clip's cost: a real 4k-token step costs 50x a 128-token one here.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from tqdm import tqdm
 from sparrow_vllm.world import make_sample
 
 VISION_PARTS = "vision_parts.safetensors"
+LONG_VIDEO_ATTENTION = "sparrow_long_video"
+# Share of training clips given a simulated length (the rest train at their real length).
+SIMULATED_SHARE = 0.75
 
 # Mostly short clips (cheap: the frozen 135M LM dominates the step), some longer ones so
 # the model sees events spread over time.
@@ -37,10 +48,52 @@ def _load_parts(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+# The per-visual-key logit bias of the current forward ([T] float) or None; set by train_vision.
+_visual_key_bias: list[torch.Tensor | None] = [None]
+
+
+def long_video_attention(module, query, key, value, attention_mask, visual_key_bias=None, **kwargs):
+    """transformers' SDPA attention with ``visual_key_bias [T_k]`` (``log m`` at visual keys,
+    0 elsewhere) added to every logit: the same output as attention over ``m`` copies of each
+    visual key/value. Causal; for training forwards (no padding, ``T_q == T_k``)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bias = visual_key_bias if visual_key_bias is not None else _visual_key_bias[0]
+    if bias is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.dtype == torch.bool and not attention_mask.all():
+        raise ValueError("long-video simulation trains on unpadded single sequences")
+    q_len, k_len = query.shape[2], key.shape[2]
+    causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    mask = torch.where(causal, bias[:k_len].to(query.dtype)[None, :],
+                       torch.tensor(float("-inf"), dtype=query.dtype, device=query.device))
+    kwargs.pop("is_causal", None)
+    return sdpa_attention_forward(module, query, key, value, mask[None, None], is_causal=False, **kwargs)
+
+
+def use_long_video_attention(text_config) -> None:
+    """Route the LM's attention through ``long_video_attention`` (registered once)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(LONG_VIDEO_ATTENTION, long_video_attention)
+    text_config._attn_implementation = LONG_VIDEO_ATTENTION
+
+
+def simulated_repeats(rng: random.Random, visual_tokens: int, simulate_tokens: int) -> float:
+    """``m`` for one clip: 1 for a share of clips, else log-uniform up to a simulated length of
+    ``simulate_tokens`` visual tokens."""
+    top = simulate_tokens / max(1, visual_tokens)
+    if top <= 1 or rng.random() >= SIMULATED_SHARE:
+        return 1.0
+    return math.exp(rng.uniform(0.0, math.log(top)))
+
+
 def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
-                 log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl") -> Path:
+                 log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl",
+                 simulate_tokens: int = 0) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
-    ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``)."""
+    ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
+    ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off)."""
     from sparrow_vllm.families import get_family
 
     adapter = get_family(family)
@@ -56,6 +109,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     for p in visual.parameters():
         p.requires_grad_(True)
     params = [p for p in visual.parameters()]
+    visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
+    if simulate_tokens:
+        use_long_video_attention(adapter.text_config(model.config))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -74,7 +130,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     rng = random.Random(seed * 1_000_003 + start + (7919 if init else 0))
     log = open(out_dir / "train_log.jsonl", "a")
     model.train()
-    running = []
+    running, by_length = [], {"real": [], "simulated": []}
     t0 = time.time()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="train vision"):
         opt.zero_grad(set_to_none=True)
@@ -83,9 +139,16 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             idx = (step * accum + micro + (100_000 if init else 0)) % 900_000
             sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
+            m = 1.0
+            if simulate_tokens:
+                is_visual = torch.isin(inputs["input_ids"][0], visual_ids)
+                m = simulated_repeats(rng, int(is_visual.sum()), simulate_tokens)
+                _visual_key_bias[0] = is_visual.float() * math.log(m)
             out = model(**inputs)
             (out.loss / accum).backward()
+            _visual_key_bias[0] = None
             loss_sum += out.loss.item() / accum
+            by_length["real" if m == 1.0 else "simulated"].append(out.loss.item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -93,7 +156,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         if (step + 1) % log_every == 0 or step + 1 == steps:
             rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
                    "elapsed_s": round(time.time() - t0, 1)}
-            running = []
+            if simulate_tokens:
+                rec.update({f"loss_{k}": sum(v) / len(v) for k, v in by_length.items() if v})
+            running, by_length = [], {"real": [], "simulated": []}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             tqdm.write(json.dumps(rec))
@@ -118,6 +183,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--init", type=Path, default=None)
+    ap.add_argument("--simulate-tokens", type=int, default=0)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
-    print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch))
+    print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
+                       simulate_tokens=a.simulate_tokens))

@@ -158,6 +158,8 @@ def score_answer(sample, text: str, mode: str = "exact") -> bool:
     exact: same text as the reference after lowercasing and collapsing whitespace.
     facts: every answer fact appears as a word, and no content word (colour, shape, digit,
     direction, count, 'disappears') appears that the reference does not contain.
+    form: the reference's sentences with any content words in their places (an answer that
+    keeps to the question's template, right or wrong: does the model still make sense?).
     """
     answer, facts = _reference(sample)
     if mode == "exact":
@@ -165,4 +167,10 @@ def score_answer(sample, text: str, mode: str = "exact") -> bool:
     if mode == "facts":
         got = set(words(text))
         return set(facts) <= got and not (got & VOCABULARY) - set(keywords(answer))
-    raise ValueError(f"unknown mode {mode!r}; expected 'exact' or 'facts'")
+    if mode == "form":
+        return _form(text) == _form(answer)
+    raise ValueError(f"unknown mode {mode!r}; expected 'exact', 'facts' or 'form'")
+
+
+def _form(text: str) -> list[str]:
+    return ["_" if w in VOCABULARY else w for w in words(text)]
