@@ -1,16 +1,27 @@
-"""The embedded target: exact SmolLM2 text stack, deterministic build, vLLM == transformers."""
+"""The embedded targets (both families): exact SmolLM2 text stack, deterministic build;
+Qwen2.5-VL: vLLM == transformers, mRoPE positions."""
 
 import hashlib
 
 import pytest
 import torch
 
-from sparrow_vllm.target.build import build_model, build_target, load_vision_parts
+from sparrow_vllm.families import FAMILY_NAMES, get_family
+from sparrow_vllm.target import build as qwen_build
+from sparrow_vllm.target import llava_onevision as llava_build
 from sparrow_vllm.target.smollm2 import load_smollm2
 
+COMMITTED_PARTS = {"qwen2.5-vl": qwen_build.load_vision_parts, "llava-onevision": llava_build.load_vision_parts}
+TARGET_DIR_FIXTURE = {"qwen2.5-vl": "target_dir", "llava-onevision": "llava_target_dir"}
 
-def test_text_only_logits_equal_smollm2():
-    model, tokenizer, _ = build_model(load_vision_parts())
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_text_only_logits_equal_smollm2(family):
+    adapter = get_family(family)
+    parts = COMMITTED_PARTS[family]()
+    model, tokenizer, _ = adapter.build_model(parts)
+    again = adapter.vision_parts_of(model)  # the committed parts go in and come out unchanged
+    assert again.keys() == parts.keys() and all(torch.equal(again[k], parts[k]) for k in parts)
     llama, _ = load_smollm2()
     msgs = [{"role": "user", "content": "Name three colours and a shape."}]
     ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
@@ -28,9 +39,10 @@ def _digest(d):
     return h.hexdigest()
 
 
-def test_build_is_deterministic(target_dir, tmp_path):
-    again = build_target(tmp_path / "again")
-    assert _digest(again) == _digest(target_dir)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_build_is_deterministic(family, request, tmp_path):
+    again = get_family(family).build_target(tmp_path / "again")
+    assert _digest(again) == _digest(request.getfixturevalue(TARGET_DIR_FIXTURE[family]))
 
 
 @pytest.mark.vllm
