@@ -68,7 +68,7 @@ def _plot_target(rows: list[dict], path: Path, arch: str) -> None:
         ax.plot(x, [100 * r["exact_accuracy"] for r in rs], "o-", label=f"{split}: exact")
         ax.plot(x, [100 * r["facts_accuracy"] for r in rs], "s--", label=f"{split}: facts")
         if all("form_accuracy" in r for r in rs):
-            ax.plot(x, [100 * r["form_accuracy"] for r in rs], "^:", label=f"{split}: form (makes sense)")
+            ax.plot(x, [100 * r["form_accuracy"] for r in rs], "^:", label=f"{split}: form (keeps the template)")
         for r in rs:
             ax.annotate(f"n={r['n']}", (r["visual_tokens"], 100 * r["exact_accuracy"]), fontsize=7,
                         textcoords="offset points", xytext=(0, 6), ha="center")

@@ -53,7 +53,11 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
         s = make_sample(split, i, num_frames)
         answer = out["text"].strip()
         rows.append(_scored_row(s, answer))
-    return _summary(rows, split, n, num_frames, start_index, t0, family)
+    summary = _summary(rows, split, n, num_frames, start_index, t0, family)
+    stamp = Path(target) / "sparrow_target.json"  # an embedded target's build (which vision parts)
+    if stamp.exists():
+        summary["target_stamp"] = json.loads(stamp.read_text())
+    return summary
 
 
 def _scored_row(s, answer: str) -> dict:
