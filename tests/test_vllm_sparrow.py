@@ -70,12 +70,16 @@ def test_lossless_without_chunked_prefill(target_dir, sparrow_draft, reference):
     _assert_identical(reference, got)
 
 
-def test_lossless_under_preemption(target_dir, sparrow_draft, reference):
-    # 24 blocks of 128 tokens for 4 concurrent requests of up to ~1.1k tokens: vLLM must
-    # preempt (recompute) requests, and the draft's KV is rebuilt with them.
-    got = _sparrow(target_dir, sparrow_draft, {"num_gpu_blocks_override": 24, "max_num_batched_tokens": 512,
-                                               "max_model_len": 1536})
-    _assert_identical(reference, got)
+def test_lossless_under_preemption(target_dir, sparrow_draft):
+    # 13 blocks of 128 tokens for 4 concurrent requests of up to ~1.1k tokens, each made to
+    # decode all 32 tokens (ignore_eos: however short the target's answers): vLLM must preempt
+    # (recompute) requests, and the draft's KV is rebuilt with them.
+    sampling = {"max_tokens": 32, "ignore_eos": True}
+    engine = {"num_gpu_blocks_override": 13, "max_num_batched_tokens": 512, "max_model_len": 1536}
+    ref = run_engine_subprocess({"target": str(target_dir), "prompts": PROMPTS, "sampling": sampling,
+                                 "engine": {**ENGINE, **engine}})
+    got = _sparrow(target_dir, sparrow_draft, engine, sampling=sampling)
+    _assert_identical(ref, got)
     assert got["spec"]["num_preemptions"] > 0
 
 
