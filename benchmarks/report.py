@@ -1,6 +1,6 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|drafts|tau|offline|serve|reliability [ARCH]
+    python benchmarks/report.py kernels|target|drafts|study|tau|offline|serve|reliability [ARCH]
 
 ARCH (target, drafts, offline, serve): qwen2.5-vl (default) or llava-onevision, whose results
 live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
@@ -100,6 +100,48 @@ def drafts(arch: str = DEFAULT_ARCH) -> str:
     return "\n".join(out)
 
 
+def study(name: str = "draft_study_lengths") -> str:
+    """The draft study (``python -m sparrow_vllm.draft.study ... --out results/NAME.json``) as a
+    markdown table; also plots tau at the largest k against video length, one line per draft
+    (``results/NAME.png``; the always-right draft's ceiling dotted)."""
+    from sparrow_vllm.draft.study import markdown
+
+    path = RESULTS / f"{name}.json"
+    rows = json.loads(path.read_text())["rows"]
+    _plot_study(rows, path.with_suffix(".png"))
+    return markdown(rows)
+
+
+def _plot_study(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = max((k for r in rows for k in r["tau"]), key=int)
+    fig, ax = plt.subplots(figsize=(6.8, 3.8))
+    ceiling = {}
+    for draft in dict.fromkeys(r["draft"] for r in rows):
+        rs = sorted((r for r in rows if r["draft"] == draft and k in r["tau"]), key=lambda r: r["visual_tokens"])
+        if len(rs) < 2:
+            continue
+        style = "o-" if rs[0]["recipe"] == "sparrow" else "s--"
+        ax.plot([r["visual_tokens"] for r in rs], [r["tau"][k] for r in rs], style, label=draft)
+        ceiling.update({r["visual_tokens"]: r["tau_oracle"][k] for r in rs})
+    xs = sorted(ceiling)
+    ax.plot(xs, [ceiling[x] for x in xs], "k:", label="always-right draft")
+    ax.set_xscale("log")
+    ax.set_ylim(1, None)
+    ax.set_xlabel("visual tokens per video")
+    ax.set_ylabel(f"mean accepted length tau (k={k})")
+    ax.set_title("drafts on the embedded Qwen2.5-VL target (sparrow eval-draft, CPU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def tau() -> str:
     """benchmarks/check_tau.py results (results/check_tau_*.json): vLLM vs eval-draft."""
     out = ["| visual tokens | samples | vLLM output == transformers output | tau in vLLM | tau in eval-draft | gap |",
@@ -168,5 +210,5 @@ def reliability() -> str:
 
 
 if __name__ == "__main__":
-    print({"kernels": kernels, "target": target, "drafts": drafts, "tau": tau, "offline": offline, "serve": serve,
-           "reliability": reliability}[sys.argv[1]](*sys.argv[2:]))
+    print({"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
+           "serve": serve, "reliability": reliability}[sys.argv[1]](*sys.argv[2:]))

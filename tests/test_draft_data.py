@@ -194,3 +194,29 @@ def test_train_on_several_datasets_of_one_target(target, full_data, tmp_path):
     generate_dataset(other, foreign, spec(n=1), progress=False)
     with pytest.raises(DataMismatchError, match="target"):
         train(args([full_data, foreign], tmp_path / "bad"), log=lambda *_: None)
+
+
+def test_epoch_batches_keep_datasets_apart():
+    """A mixed run's batches never mix datasets (no short clip padded to a long video's rows),
+    cover each dataset once per epoch up to a remainder, depend only on (seed, epoch), and
+    with one dataset are the chunks of one permutation (the single-dataset order)."""
+    import numpy as np
+
+    from sparrow_vllm.draft.train import epoch_batches
+
+    sources = [0] * 20 + [1] * 5 + [2] * 9
+    batches = epoch_batches(sources, 4, seed=3, epoch=1)
+    assert all(len({sources[i] for i in b}) == 1 for b in batches)
+    assert [len(b) for b in batches] == [4] * (5 + 1 + 2)  # full batches; remainders wait
+    seen = np.concatenate(batches)
+    assert len(set(seen.tolist())) == len(seen)
+    assert sum(sources[i] == 0 for i in seen) == 20
+    assert [b.tolist() for b in batches] == [b.tolist() for b in epoch_batches(sources, 4, 3, 1)]
+    assert [b.tolist() for b in batches] != [b.tolist() for b in epoch_batches(sources, 4, 3, 2)]
+    firsts = [[sources[b[0]] for b in epoch_batches(sources, 4, 3, e)] for e in range(4)]
+    assert any(f != sorted(f) for f in firsts)  # the datasets' batches are interleaved
+    small = epoch_batches([0] * 3 + [1] * 8, 4, seed=0, epoch=0)
+    assert sorted(len(b) for b in small) == [3, 4, 4]
+    one = epoch_batches([0] * 10, 4, seed=5, epoch=2)
+    order = np.random.default_rng([5, 2]).permutation(10)
+    assert [b.tolist() for b in one] == [order[:4].tolist(), order[4:8].tolist()]

@@ -25,17 +25,19 @@ PROMPTS = _prompts()
 ENGINE = {"max_model_len": 4096, "max_num_seqs": 4}
 
 
+def _run(target_dir, draft=None, engine=None, k=3, sampling=None, prompts=PROMPTS):
+    """One vLLM engine (a subprocess) over ``prompts``: with the Sparrow ``draft`` proposing
+    ``k`` tokens, or without speculation when ``draft`` is None."""
+    spec = {"target": str(target_dir), "prompts": prompts, "sampling": sampling or {"max_tokens": 32},
+            "engine": {**ENGINE, **(engine or {})}}
+    if draft is not None:
+        spec["speculative_config"] = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": k}
+    return run_engine_subprocess(spec)
+
+
 @pytest.fixture(scope="module")
 def reference(target_dir):
-    return run_engine_subprocess({"target": str(target_dir), "prompts": PROMPTS,
-                                  "sampling": {"max_tokens": 32}, "engine": ENGINE})
-
-
-def _sparrow(target_dir, draft, engine, tmp_path=None, k=3, env_dump=None, sampling=None):
-    spec = {"target": str(target_dir), "prompts": PROMPTS, "sampling": sampling or {"max_tokens": 32},
-            "engine": {**ENGINE, **engine},
-            "speculative_config": {"method": "sparrow", "model": str(draft), "num_speculative_tokens": k}}
-    return run_engine_subprocess(spec)
+    return _run(target_dir)
 
 
 def _assert_identical(ref, got):
@@ -48,7 +50,7 @@ def test_lossless_chunked_prefill(target_dir, sparrow_draft, reference, tmp_path
     dump = tmp_path / "draft_inputs.jsonl"
     monkeypatch.setenv("SPARROW_DEBUG_DUMP", str(dump))
     # 256-token chunks split the videos (up to 1,024 tokens) across several steps.
-    got = _sparrow(target_dir, sparrow_draft, {"enable_chunked_prefill": True, "max_num_batched_tokens": 256})
+    got = _run(target_dir, sparrow_draft, {"enable_chunked_prefill": True, "max_num_batched_tokens": 256})
     _assert_identical(reference, got)
     assert got["spec"]["num_drafts"] > 0
     # The draft never received a visual position.
@@ -66,7 +68,7 @@ def test_lossless_chunked_prefill(target_dir, sparrow_draft, reference, tmp_path
 
 
 def test_lossless_without_chunked_prefill(target_dir, sparrow_draft, reference):
-    got = _sparrow(target_dir, sparrow_draft, {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096}, k=5)
+    got = _run(target_dir, sparrow_draft, {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096}, k=5)
     _assert_identical(reference, got)
 
 
@@ -76,15 +78,14 @@ def test_lossless_under_preemption(target_dir, sparrow_draft):
     # (recompute) requests, and the draft's KV is rebuilt with them.
     sampling = {"max_tokens": 32, "ignore_eos": True}
     engine = {"num_gpu_blocks_override": 13, "max_num_batched_tokens": 512, "max_model_len": 1536}
-    ref = run_engine_subprocess({"target": str(target_dir), "prompts": PROMPTS, "sampling": sampling,
-                                 "engine": {**ENGINE, **engine}})
-    got = _sparrow(target_dir, sparrow_draft, engine, sampling=sampling)
+    ref = _run(target_dir, None, engine, sampling=sampling)
+    got = _run(target_dir, sparrow_draft, engine, sampling=sampling)
     _assert_identical(ref, got)
     assert got["spec"]["num_preemptions"] > 0
 
 
 def test_random_draft_is_still_lossless(target_dir, random_draft, reference):
-    got = _sparrow(target_dir, random_draft, {"max_num_batched_tokens": 512}, k=4)
+    got = _run(target_dir, random_draft, {"max_num_batched_tokens": 512}, k=4)
     _assert_identical(reference, got)
 
 
@@ -94,10 +95,8 @@ def test_sampling_runs_through_vllm_rejection_sampler(target_dir, sparrow_draft,
     # vLLM 0.32 (greedy drafts are: see the lossless tests), so we check that it runs,
     # verifies drafts, and really samples.
     n = 6
-    spec = {"target": str(target_dir), "prompts": PROMPTS[:n], "engine": ENGINE,
-            "sampling": {"max_tokens": 32, "temperature": 1.0, "seed": 1234},
-            "speculative_config": {"method": "sparrow", "model": str(sparrow_draft), "num_speculative_tokens": 3}}
-    got = run_engine_subprocess(spec)
+    got = _run(target_dir, sparrow_draft, sampling={"max_tokens": 32, "temperature": 1.0, "seed": 1234},
+               prompts=PROMPTS[:n])
     assert got["spec"]["num_drafts"] > 0
     assert got["spec"]["num_accepted_tokens"] <= got["spec"]["num_draft_tokens"]
     assert all(len(o["token_ids"]) > 0 for o in got["outputs"])
@@ -110,10 +109,7 @@ def test_prefill_chunks_of_video_only(target_dir, sparrow_draft):
     all (the draft has nothing to read; vLLM discards drafts of partial prefills)."""
     prompts = world_prompt_specs("test", [1, 2], [64, 128])
     engine = {"max_model_len": 2048, "max_num_seqs": 1, "enable_chunked_prefill": True, "max_num_batched_tokens": 128}
-    ref = run_engine_subprocess({"target": str(target_dir), "prompts": prompts, "sampling": {"max_tokens": 24},
-                                 "engine": engine})
-    got = run_engine_subprocess({"target": str(target_dir), "prompts": prompts, "sampling": {"max_tokens": 24},
-                                 "engine": engine, "speculative_config": {
-                                     "method": "sparrow", "model": str(sparrow_draft), "num_speculative_tokens": 3}})
+    ref = _run(target_dir, None, engine, sampling={"max_tokens": 24}, prompts=prompts)
+    got = _run(target_dir, sparrow_draft, engine, sampling={"max_tokens": 24}, prompts=prompts)
     _assert_identical(ref, got)
     assert got["spec"]["num_drafts"] > 0

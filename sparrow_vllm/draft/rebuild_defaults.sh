@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# Rebuild the committed drafts of an embedded target and their test figures at ~1k and ~25k
-# visual tokens (~45 min on 2 cores, one job at a time):
+# Rebuild the committed drafts of an embedded target and their test figures (one job at a time):
 #   bash sparrow_vllm/draft/rebuild_defaults.sh [RUN_DIR] [ARCH]
-# ARCH: qwen2.5-vl (default) or llava-onevision (drafts sparrow-llavaov / eagle3-llavaov;
-# ~1k only: its ~25k extraction is left to whoever has the hours).
+# ARCH: qwen2.5-vl (default; ~100 min on 2 cores) or llava-onevision (drafts sparrow-llavaov /
+# eagle3-llavaov; ~30 min).
+# Qwen2.5-VL: both drafts train on the same mix of video lengths (256 clips of 16 frames = 128
+# visual tokens, 32 videos of ~4k and 8 of ~25k: the target's own answers at each length, which
+# drift from its short-clip answers as videos grow) and are evaluated at ~1k, ~4k and ~25k.
+# LLaVA-OneVision: short clips only, evaluated at ~1k (its long extraction is left to whoever
+# has the hours).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ARCH=${2:-qwen2.5-vl}
 S=".venv/bin/sparrow"
 T=$($S build-target --arch "$ARCH" | tail -1)
 if [ "$ARCH" = qwen2.5-vl ]; then
-  R=${1:-runs/drafts}; SP=sparrow-default; EA=eagle3-baseline; SIZES="1k 25k"; EVAL_OUT=draft_eval.json; TH=1
+  R=${1:-runs/drafts}; SP=sparrow-default; EA=eagle3-baseline; SIZES="1k 4k 25k"; EVAL_OUT=draft_eval.json; TH=1
+  LONG="train4k:32:1000:4096:4 train25k:8:2000:25000:1"
 else
   R=${1:-runs/drafts-$ARCH}; SP=sparrow-llavaov; EA=eagle3-llavaov; SIZES="1k"; EVAL_OUT=draft_eval_$ARCH.json; TH=2
+  LONG=""
 fi
 mkdir -p "$R/logs" "$R/eval"
-L=2,8,15,22,27
+L=2,8,15,22,27  # TH: the threads the committed short-clip data was extracted with
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$R/pipeline.log"; }
 log "data train";  $S data --target "$T" --out "$R/data/train" --split train --n 256 --frames 16 --all-positions --layers $L --threads $TH > "$R/logs/data_train.log" 2>&1
 log "data val";    $S data --target "$T" --out "$R/data/val" --split val --n 24 --frames 16 --all-positions --layers $L --threads $TH > "$R/logs/data_val.log" 2>&1
-TR="--data $R/data/train --val-data $R/data/val --steps 800 --seed 0 --mtp-depth 5 --eval-every 200 --ckpt-every 200 --resume --threads $TH"
+MIX="$R/data/train"
+for spec in $LONG; do  # name:n:start:visual tokens:shard size (seeds apart from the short clips')
+  IFS=: read -r name n start vt shard <<< "$spec"
+  log "data $name"; $S data --target "$T" --out "$R/data/$name" --split train --n "$n" --start "$start" --visual-tokens "$vt" --all-positions --layers 2,15,27 --shard-size "$shard" --threads 2 > "$R/logs/data_$name.log" 2>&1
+  MIX="$MIX $R/data/$name"
+done
+TR="--data $MIX --val-data $R/data/val --steps 800 --seed 0 --mtp-depth 5 --eval-every 200 --ckpt-every 200 --resume --threads 2"
 log "train sparrow"; $S train $TR --out "$R/$SP" --recipe sparrow --anchor-layers 15 --window 128 > "$R/logs/train_sparrow.log" 2>&1
 log "train eagle3";  $S train $TR --out "$R/$EA" --recipe eagle3 --anchor-layers 2,15,27 > "$R/logs/train_eagle3.log" 2>&1
-log "data test1k"; $S data --target "$T" --out "$R/data/test1k" --split test --n 16 --visual-tokens 1024 --all-positions --layers $L --shard-size 8 > "$R/logs/data_test1k.log" 2>&1
-[[ " $SIZES " == *" 25k "* ]] && log "data test25k" && $S data --target "$T" --out "$R/data/test25k" --split test --n 4 --visual-tokens 25000 --all-positions --layers 2,15,27 --shard-size 1 --threads 2 > "$R/logs/data_test25k.log" 2>&1
+for v in $SIZES; do  # test videos: n, visual tokens, shard size, layers
+  case $v in
+    1k) args="--n 16 --visual-tokens 1024 --shard-size 8 --layers $L" ;;
+    4k) args="--n 16 --visual-tokens 4096 --shard-size 8 --layers 2,15,27" ;;
+    25k) args="--n 8 --visual-tokens 25000 --shard-size 1 --layers 2,15,27" ;;
+  esac
+  log "data test$v"; $S data --target "$T" --out "$R/data/test$v" --split test $args --all-positions --threads 2 > "$R/logs/data_test$v.log" 2>&1
+done
 for d in $SP $EA; do
   for v in $SIZES; do
     log "eval $d $v"; $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test$v" --k 1 3 5 --threads 2 --out "$R/eval/$d.$v.json" > "$R/logs/eval_$d.$v.log" 2>&1

@@ -39,7 +39,8 @@ def draft_sequence(sample: dict, cfg: SparrowDraftConfig) -> dict:
         pos = sample["t_pos"].long()
     h = sample["hidden"][keep]
     return {"ids": sample["ids"][keep].long(), "greedy": sample["greedy"][keep].long(),
-            "positions": pos, "hidden": h.reshape(h.shape[0], -1), "response_start": rs}
+            "positions": pos, "hidden": h.reshape(h.shape[0], -1), "response_start": rs,
+            "source": sample.get("source", 0)}
 
 
 def collate(seqs: list[dict], depth: int, num_layers: int):
@@ -167,6 +168,27 @@ def evaluate_acc(model, seqs, depth, t2d_table, batch_size=16) -> dict:
 
 
 # ---- training loop ---------------------------------------------------------------------------
+def epoch_batches(sources: list[int], batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The sample indices of each batch of an epoch, a pure function of ``seed`` and ``epoch``.
+
+    Every batch holds samples of one dataset (``sources[i]`` is sample i's ``--data`` index),
+    so mixing short and long videos never pads a short sample to a long one's length (the
+    EAGLE-3 baseline keeps every visual row: a 25k-token sample in a batch of 16-frame clips
+    would make the whole batch 25k rows). The batches of all datasets are shuffled together;
+    a dataset smaller than a batch gives one smaller batch. One dataset: consecutive chunks of
+    one permutation."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(sources))
+    src = np.asarray(sources)[order]
+    batches = []
+    for d in np.unique(src):
+        idx = order[src == d]
+        batches += [idx[k * batch_size:(k + 1) * batch_size] for k in range(max(1, len(idx) // batch_size))]
+    if len(batches) > 1 and len(np.unique(src)) > 1:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 @dataclass
 class TrainArgs:
     data: str | list[str]  # one dataset dir, or several of the same target (e.g. mixed video lengths)
@@ -233,11 +255,14 @@ def load_training_samples(dirs: list[str], cfg: SparrowDraftConfig, identity: di
     from sparrow_vllm.draft.data import check_target, load_manifest
 
     out = []
-    for d in dirs:
+    for i, d in enumerate(dirs):
         manifest = load_manifest(d)
         check_target(manifest, identity, d)
         check_draft_compatible(manifest, cfg)
-        out += load_samples(d, layers=cfg.anchor_layers, limit=limit)[1]
+        samples = load_samples(d, layers=cfg.anchor_layers, limit=limit)[1]
+        for sample in samples:
+            sample["source"] = i
+        out += samples
     return out
 
 
@@ -341,12 +366,12 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
         step = st["step"]
         torch.set_rng_state(st["rng"])
         log(f"resumed from {ckpt} at step {step}")
-    per_epoch = max(1, len(seqs) // a.batch_size)
+    sources = [s["source"] for s in seqs]
+    per_epoch = len(epoch_batches(sources, a.batch_size, a.seed, 0))
 
     def batch_at(step):
         epoch, k = divmod(step, per_epoch)
-        order = np.random.default_rng([a.seed, epoch]).permutation(len(seqs))
-        return [seqs[i] for i in order[k * a.batch_size:(k + 1) * a.batch_size]][rank::world_size]
+        return [seqs[i] for i in epoch_batches(sources, a.batch_size, a.seed, epoch)[k]][rank::world_size]
 
     from tqdm import tqdm
 
