@@ -150,6 +150,10 @@ def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recip
     for k in ("1", "3"):
         r = rep["results"][k]
         assert r["rounds"] > 0 and 1.0 <= r["tau"] <= int(k) + 1
+        # the per-sample rounds are the ones the summary averages
+        rounds = [a for s in rep["per_sample"] for a in s["accepted"][k]]
+        assert len(rounds) == r["rounds"] and sum(rounds) == r["accepted"]
+    assert [s["id"] for s in rep["per_sample"]] == [s["id"] for s in load_samples(full_data)[1]]
     # a draft/data mismatch is refused with the fix in the message
     if recipe == "eagle3":
         text_only = tmp_path / "text"

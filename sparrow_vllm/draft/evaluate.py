@@ -85,11 +85,15 @@ def summarize(per_sample: list[dict[int, list[int]]], ks: list[int]) -> dict:
     return res
 
 
-def evaluate(model: SparrowDraftModel, samples: list[dict], ks: list[int], progress: bool = True) -> dict:
+def simulate(model: SparrowDraftModel, samples: list[dict], ks: list[int], progress: bool = True) -> list[dict]:
+    """``simulate_sample`` over ``samples``, with a progress bar."""
     from tqdm import tqdm
 
-    per_sample = [simulate_sample(model, s, ks) for s in tqdm(samples, desc="eval-draft", disable=not progress)]
-    return summarize(per_sample, ks)
+    return [simulate_sample(model, s, ks) for s in tqdm(samples, desc="eval-draft", disable=not progress)]
+
+
+def evaluate(model: SparrowDraftModel, samples: list[dict], ks: list[int], progress: bool = True) -> dict:
+    return summarize(simulate(model, samples, ks, progress), ks)
 
 
 def format_table(res: dict, title: str = "") -> str:
@@ -128,12 +132,15 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
 
     model, manifest, samples, target_config = load_for_eval(target_dir, draft_dir, data_dir, limit, window)
     cfg = model.config
-    res = evaluate(model, samples, ks, progress)
+    per_sample = simulate(model, samples, ks, progress)
     report = {"draft": str(draft_dir), "data": str(data_dir), "recipe": cfg.recipe,
               "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
               "attention": cfg.attention, "samples": len(samples),
               "visual_tokens": family_of(target_config).visual_tokens(manifest["settings"]["num_frames"]),
-              "results": res}
+              "results": summarize(per_sample, ks),
+              # accepted drafts of every round, per sample and k: where a mean hides one sample
+              "per_sample": [{"id": s.get("id"), "to_generate": r["to_generate"],
+                              "accepted": {str(k): r[k] for k in ks}} for s, r in zip(samples, per_sample)]}
     if out:
         with open(out, "w") as f:
             json.dump(report, f, indent=2)
