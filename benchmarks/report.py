@@ -100,15 +100,16 @@ def drafts(arch: str = DEFAULT_ARCH) -> str:
     return "\n".join(out)
 
 
-def study(name: str = "draft_study_lengths") -> str:
+def study(name: str = "draft_study_lengths", *plotted: str) -> str:
     """The draft study (``python -m sparrow_vllm.draft.study ... --out results/NAME.json``) as a
     markdown table; also plots tau at the largest k against video length, one line per draft
-    (``results/NAME.png``; the always-right draft's ceiling dotted)."""
+    (only the ``plotted`` drafts when named; ``results/NAME.png``; the always-right draft's
+    ceiling dotted)."""
     from sparrow_vllm.draft.study import markdown
 
     path = RESULTS / f"{name}.json"
     rows = json.loads(path.read_text())["rows"]
-    _plot_study(rows, path.with_suffix(".png"))
+    _plot_study([r for r in rows if not plotted or r["draft"] in plotted], path.with_suffix(".png"))
     return markdown(rows)
 
 
@@ -121,7 +122,7 @@ def _plot_study(rows: list[dict], path: Path) -> None:
     k = max((k for r in rows for k in r["tau"]), key=int)
     fig, ax = plt.subplots(figsize=(6.8, 3.8))
     ceiling = {}
-    for draft in dict.fromkeys(r["draft"] for r in rows):
+    for draft in sorted(dict.fromkeys(r["draft"] for r in rows), key=lambda d: ("short" in d, d)):
         rs = sorted((r for r in rows if r["draft"] == draft and k in r["tau"]), key=lambda r: r["visual_tokens"])
         if len(rs) < 2:
             continue

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--extra", help="JSON file merged into the study (e.g. bytes per sample)")
     a = ap.parse_args(argv)
     rows = [row_of(json.loads(Path(p).read_text()), p) for p in a.reports]
-    rows.sort(key=lambda r: (r["data"], r["recipe"] != "sparrow", r["eval_window"] or 0))
+    rows.sort(key=lambda r: (r["visual_tokens"], r["data"], r["recipe"] != "sparrow", r["draft"], r["eval_window"] or 0))
     study = {"rows": rows}
     if a.extra:
         study.update(json.loads(Path(a.extra).read_text()))
