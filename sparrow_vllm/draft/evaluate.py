@@ -92,10 +92,6 @@ def simulate(model: SparrowDraftModel, samples: list[dict], ks: list[int], progr
     return [simulate_sample(model, s, ks) for s in tqdm(samples, desc="eval-draft", disable=not progress)]
 
 
-def evaluate(model: SparrowDraftModel, samples: list[dict], ks: list[int], progress: bool = True) -> dict:
-    return summarize(simulate(model, samples, ks, progress), ks)
-
-
 def format_table(res: dict, title: str = "") -> str:
     ks = list(res)
     kmax = max(int(k) for k in ks)

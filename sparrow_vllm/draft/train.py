@@ -367,7 +367,11 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
         torch.set_rng_state(st["rng"])
         log(f"resumed from {ckpt} at step {step}")
     sources = [s["source"] for s in seqs]
-    per_epoch = len(epoch_batches(sources, a.batch_size, a.seed, 0))
+    sizes = [len(b) for b in epoch_batches(sources, a.batch_size, a.seed, 0)]  # the same every epoch
+    per_epoch = len(sizes)
+    if world_size > 1 and min(sizes) < world_size:
+        raise ValueError(f"a dataset of --data gives a batch of {min(sizes)} samples, fewer than the "
+                         f"{world_size} workers that split each batch: give it at least {world_size} samples")
 
     def batch_at(step):
         epoch, k = divmod(step, per_epoch)
