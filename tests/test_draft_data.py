@@ -237,3 +237,60 @@ def test_epoch_batches_keep_datasets_apart():
     one = epoch_batches([0] * 10, 4, seed=5, epoch=2)
     order = np.random.default_rng([5, 2]).permutation(10)
     assert [b.tolist() for b in one] == [order[:4].tolist(), order[4:8].tolist()]
+
+
+
+def test_repeated_answers_are_forced_and_labelled_by_the_target(target_dir, target, tmp_path):
+    """`--repeat-answers 3` on the embedded target: the response rows are its greedy answer
+    repeated three times (capped); states and labels are those of one forward over them
+    (labels = the target's own argmax, not the next forced token); eval-draft refuses the data."""
+    from transformers import AutoProcessor
+
+    from draft_factory import write_random_draft
+    from sparrow_vllm.draft.data import extract_sample
+    from sparrow_vllm.draft.evaluate import run_eval
+    from sparrow_vllm.target.build import load_hf_target
+    from sparrow_vllm.target.prompt import hf_inputs
+    from sparrow_vllm.world import make_sample
+
+    model = load_hf_target(target_dir)
+    proc = AutoProcessor.from_pretrained(str(target_dir))
+    tok = proc.tokenizer
+    sm = make_sample("test", 3, FRAMES)
+    plain = extract_sample(model, proc, sm.frames(), sm.question, [2, 15], True, 64)
+    rs = int(plain["response_start"])
+    answer = plain["ids"][rs:].tolist()
+    assert answer[-1] == tok.convert_tokens_to_ids("<|im_end|>") and len(answer) > 3
+    rep = extract_sample(model, proc, sm.frames(), sm.question, [2, 15], True, 64, repeat_answers=3)
+    forced = tok(" ".join([tok.decode(answer[:-1])] * 3), add_special_tokens=False)["input_ids"][:64]
+    resp = int(rep["response_start"])
+    assert rep["ids"][resp:].tolist() == forced and len(forced) > 2 * len(answer)
+    assert resp == rs and torch.equal(rep["ids"][:resp], plain["ids"][:rs])
+
+    inputs = hf_inputs(proc, sm.frames(), sm.question)
+    plen = inputs["input_ids"].shape[1]
+    assert resp == plen
+    inputs["input_ids"] = rep["ids"].long()[None]
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    inputs["mm_token_type_ids"] = torch.cat(
+        [inputs["mm_token_type_ids"], torch.zeros(1, len(forced), dtype=inputs["mm_token_type_ids"].dtype)], 1)
+    model.model.rope_deltas = None
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    for a, l in enumerate([2, 15]):
+        torch.testing.assert_close(rep["hidden"][:-1, a].float(), out.hidden_states[l][0, :-1], atol=2e-2, rtol=1e-2)
+    labels = out.logits[0, plen - 1:-1].argmax(-1)
+    assert torch.equal(rep["greedy"][plen - 1:-1].long(), labels)
+    assert (rep["greedy"][:plen - 1] == -1).all() and int(rep["greedy"][-1]) == -1
+    # the first copy is the target's own answer, so it predicts it token for token
+    assert labels[:len(answer) - 1].tolist() == answer[:-1]
+
+    data = tmp_path / "rep"
+    m = generate_dataset(target, data, spec(n=1, repeat_answers=2), progress=False)
+    assert m["settings"]["repeat_answers"] == 2
+    assert "repeat_answers" not in spec().settings()  # plain datasets written before it stay valid
+    draft = write_random_draft(tmp_path / "draft", target, anchor_layers=(2,), draft_vocab=64, intermediate=32)
+    with pytest.raises(ValueError, match="--repeat-answers"):
+        run_eval(target, draft, data, [1], progress=False)
+    with pytest.raises(ValueError, match="repeat_answers=0"):
+        spec(repeat_answers=0)

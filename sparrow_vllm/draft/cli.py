@@ -13,6 +13,16 @@ def _layers(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer ids like 2,15,27, got {s!r}") from e
 
 
+def _at_least_one(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}")
+    return n
+
+
 def _default_target() -> str:
     from sparrow_vllm.target.paths import default_target_dir
 
@@ -54,6 +64,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=16, help="samples per shard")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    p.add_argument("--repeat-answers", type=_at_least_one, default=1, metavar="R",
+                   help="training data only: teacher-force the target's answer repeated R times (the loops "
+                        "long videos drive it into), labels = its own predictions there (default 1: off)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
     _add_ray_args(p, "extract with a Ray Data actor pool (one target replica per worker)")
     p.set_defaults(run=run_data)
@@ -105,7 +118,8 @@ def run_data(args) -> int:
     frames = args.frames or family_of(args.target).frames_for_visual_tokens(args.visual_tokens)
     spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
                     all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
-                    shard_size=args.shard_size, start=args.start, dtype=args.dtype)
+                    shard_size=args.shard_size, start=args.start, dtype=args.dtype,
+                    repeat_answers=args.repeat_answers)
     if args.ray:
         from sparrow_vllm.draft.ray_data import generate_dataset_ray
 

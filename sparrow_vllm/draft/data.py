@@ -14,6 +14,14 @@ steps, as vLLM computes them). Stored per kept position (TEXT positions only, un
     offsets     int64 [S + 1]     sample s is rows offsets[s]:offsets[s+1]
     response_start int32 [S]      row (within the sample) of the first generated token
 
+With ``repeat_answers`` R > 1 (training data only) the response is instead the target's
+greedy answer repeated R times (" "-joined, capped at ``max_new_tokens``) and teacher-forced:
+``greedy`` is then the target's own argmax after each prefix, which need not be the next
+stored token. Long videos drive a small Video LLM into loops ("The video is a 2. The video
+is a 2. ..."); the target's short-clip answers never repeat, so a draft trained on them alone
+never learns to copy, and these rows teach it what the target predicts inside a repetition,
+at short-clip cost. ``eval-draft`` refuses such data (its rows are not a greedy trajectory).
+
 ``manifest.json`` records the target identity, the settings and each finished shard;
 a shard counts as done only once listed there (files are written to a temp name and
 renamed first), so an interrupted run resumes where it stopped and redoes a half shard.
@@ -101,8 +109,9 @@ def check_draft_compatible(manifest: dict, cfg) -> None:
 # ---- one sample -------------------------------------------------------------------------------
 @torch.no_grad()
 def extract_sample(model, processor, frames, question: str, layers: list[int], all_positions: bool,
-                   max_new_tokens: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
-    """Greedy answer + states of one sample; tensors as in the module docstring (one sample)."""
+                   max_new_tokens: int, dtype=torch.float16, repeat_answers: int = 1) -> dict[str, torch.Tensor]:
+    """Greedy answer + states of one sample; tensors as in the module docstring (one sample).
+    ``repeat_answers`` > 1: the answer repeated and teacher-forced (:func:`_repeat_answer`)."""
     family = family_of(model.config)
     inputs = family.hf_inputs(processor, frames, question).to(model.device)  # GPU actors of `--ray`
     prompt_len = inputs["input_ids"].shape[1]
@@ -118,20 +127,27 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
     seq = out.sequences[0].cpu()                # [T] prompt + response
     steps = out.hidden_states                   # per decode step: tuple over L+1 of [1, t, H]
     num_layers = family.text_config(model.config).num_hidden_layers
+    if num_layers in layers:
+        raise ValueError("anchor layer == num_layers: HF returns the final-normed state there, "
+                         "vLLM the pre-norm one; use a layer id < num_layers")
+    if repeat_answers > 1 and any(int(t) not in eos for t in seq[prompt_len:]):  # an empty answer: nothing to repeat
+        family.before_generate(model)
+        seq, states, response_greedy = _repeat_answer(model, inputs, seq[prompt_len:], eos, tok,
+                                                      repeat_answers, max_new_tokens)
+        steps = (states,)
+    else:
+        response_greedy = seq[prompt_len:]
+    T = len(seq)
+    greedy = torch.full((T,), -1, dtype=torch.long)
+    greedy[prompt_len - 1:T - 1] = response_greedy
     # The last generated token is never fed back, so its states do not exist: zeros (the
     # draft never reads that row: no query comes after the final token).
     per_layer = []
     for l in layers:
         parts = [steps[0][l][0]] + [st[l][0] for st in steps[1:]]
         h = torch.cat(parts, 0).cpu()
-        if l == num_layers:
-            raise ValueError("anchor layer == num_layers: HF returns the final-normed state there, "
-                             "vLLM the pre-norm one; use a layer id < num_layers")
         per_layer.append(torch.cat([h, h.new_zeros(len(seq) - len(h), h.shape[1])], 0))
     hidden = torch.stack(per_layer, 1)          # [T, A, H]
-    T = len(seq)
-    greedy = torch.full((T,), -1, dtype=torch.long)
-    greedy[prompt_len - 1:T - 1] = seq[prompt_len:]
     is_text = family.is_text(model.config, seq)
     text_index = torch.cumsum(is_text.long(), 0) - 1
     text_index[~is_text] = -1
@@ -145,6 +161,31 @@ def extract_sample(model, processor, frames, question: str, layers: list[int], a
         "hidden": hidden[rows].to(dtype).contiguous(),
         "response_start": torch.tensor([response_start], dtype=torch.int32),
     }
+
+
+@torch.no_grad()
+def _repeat_answer(model, inputs, answer: torch.Tensor, eos: list[int], tok, repeat: int, max_new_tokens: int):
+    """Teacher-force the prompt + ``answer`` (its EOS dropped) repeated ``repeat`` times.
+
+    Returns ``(seq [T], hidden_states (tuple over L+1 of [1, T - 1, H]), greedy [T - prompt_len])``:
+    the forced token ids, the target's states over all but the last row (as generation
+    leaves them), and its argmax after the prompt and each forced token but the last (the
+    draft's labels there)."""
+    prompt = inputs["input_ids"]
+    keep = [int(t) for t in answer if int(t) not in eos]
+    text = " ".join([tok.decode(keep)] * repeat)
+    forced = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :max_new_tokens]
+    forced = forced.to(prompt.device)
+    fed = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    fed["input_ids"] = torch.cat([prompt, forced], 1)
+    fed["attention_mask"] = torch.ones_like(fed["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        fed["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(forced)], 1)
+    out = model(**fed, output_hidden_states=True)
+    seq = fed["input_ids"][0].cpu()
+    greedy = out.logits[0, prompt.shape[1] - 1:-1].argmax(-1).cpu()
+    states = tuple(h[:, :-1] for h in out.hidden_states)
+    return seq, states, greedy
 
 
 def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -176,11 +217,19 @@ class DataSpec:
     shard_size: int = 16
     start: int = 0
     dtype: str = "float16"
+    repeat_answers: int = 1  # > 1: training rows inside a repetition (module docstring)
+
+    def __post_init__(self):
+        if self.repeat_answers < 1:
+            raise ValueError(f"repeat_answers={self.repeat_answers}: must be >= 1 (1 = the plain greedy answer)")
 
     def settings(self) -> dict:
-        return {"split": self.split, "num_frames": self.num_frames, "layers": list(self.layers),
-                "all_positions": self.all_positions, "max_new_tokens": self.max_new_tokens,
-                "shard_size": self.shard_size, "start": self.start, "dtype": self.dtype}
+        s = {"split": self.split, "num_frames": self.num_frames, "layers": list(self.layers),
+             "all_positions": self.all_positions, "max_new_tokens": self.max_new_tokens,
+             "shard_size": self.shard_size, "start": self.start, "dtype": self.dtype}
+        if self.repeat_answers > 1:  # absent otherwise: datasets written before it stay valid
+            s["repeat_answers"] = self.repeat_answers
+        return s
 
 
 def load_manifest(data_dir) -> dict:
@@ -258,7 +307,7 @@ def write_shard(model, processor, spec: DataSpec, k: int, out_dir, on_sample=Non
     for i in indices:
         s = make_sample(spec.split, i, spec.num_frames)
         rec = extract_sample(model, processor, s.frames(), s.question, spec.layers, spec.all_positions,
-                             spec.max_new_tokens, DTYPES[spec.dtype])
+                             spec.max_new_tokens, DTYPES[spec.dtype], spec.repeat_answers)
         samples.append(rec)
         ids.append(s.id)
         if on_sample is not None:

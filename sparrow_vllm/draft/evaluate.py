@@ -116,6 +116,10 @@ def load_for_eval(target_dir, draft_dir, data_dir, limit: int | None = None, win
     if window is not None:  # inference-time window differing from training (study only)
         model.config = model.config.replace(window_size=window)
     manifest, samples = load_samples(data_dir, layers=model.config.anchor_layers, limit=limit)
+    if manifest["settings"].get("repeat_answers", 1) > 1:
+        raise ValueError(f"{data_dir} was extracted with --repeat-answers: its responses are forced, "
+                         "not the target's greedy answers, so they cannot measure acceptance; "
+                         "evaluate on data extracted without it")
     target_config = AutoConfig.from_pretrained(str(target_dir))
     check_target(manifest, target_identity(target_dir, target_config), str(data_dir))
     check_draft_compatible(manifest, model.config)
