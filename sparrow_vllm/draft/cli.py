@@ -66,7 +66,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--repeat-answers", type=_at_least_one, default=1, metavar="R",
                    help="training data only: teacher-force the target's answer repeated R times (the loops "
-                        "long videos drive it into), labels = its own predictions there (default 1: off)")
+                        "long videos drive it into), labels = its own predictions there (default 1: off; "
+                        "experimental, see STUDY.md section D)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
     _add_ray_args(p, "extract with a Ray Data actor pool (one target replica per worker)")
     p.set_defaults(run=run_data)
