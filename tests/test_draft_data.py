@@ -239,7 +239,6 @@ def test_epoch_batches_keep_datasets_apart():
     assert [b.tolist() for b in one] == [order[:4].tolist(), order[4:8].tolist()]
 
 
-
 def test_repeated_answers_are_forced_and_labelled_by_the_target(target_dir, target, tmp_path):
     """`--repeat-answers 3` on the embedded target: the response rows are its greedy answer
     repeated three times (capped); states and labels are those of one forward over them

@@ -172,19 +172,16 @@ def _repeat_answer(model, inputs, answer: torch.Tensor, eos: list[int], tok, rep
     the forced token ids, the target's states over all but the last row (as generation
     leaves them), and its argmax after the prompt and each forced token but the last (the
     draft's labels there)."""
-    prompt = inputs["input_ids"]
+    from sparrow_vllm.target.prompt import append_tokens
+
+    prompt_len = inputs["input_ids"].shape[1]
     keep = [int(t) for t in answer if int(t) not in eos]
     text = " ".join([tok.decode(keep)] * repeat)
     forced = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :max_new_tokens]
-    forced = forced.to(prompt.device)
-    fed = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    fed["input_ids"] = torch.cat([prompt, forced], 1)
-    fed["attention_mask"] = torch.ones_like(fed["input_ids"])
-    if "mm_token_type_ids" in inputs:
-        fed["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(forced)], 1)
+    fed = append_tokens(dict(inputs), forced)
     out = model(**fed, output_hidden_states=True)
     seq = fed["input_ids"][0].cpu()
-    greedy = out.logits[0, prompt.shape[1] - 1:-1].argmax(-1).cpu()
+    greedy = out.logits[0, prompt_len - 1:-1].argmax(-1).cpu()
     states = tuple(h[:, :-1] for h in out.hidden_states)
     return seq, states, greedy
 

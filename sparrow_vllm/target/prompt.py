@@ -53,11 +53,21 @@ def append_answer(inputs, tokenizer, answer: str | None):
         return inputs
     ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
     prompt_ids = inputs["input_ids"]
-    inputs["input_ids"] = torch.cat([prompt_ids, ids], 1)
+    inputs = append_tokens(inputs, ids)
+    inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
+    return inputs
+
+
+def append_tokens(inputs, ids):
+    """``inputs`` with text token ids ``[1, n]`` appended (ids, attention mask and, where
+    present, the per-token modality); modified in place and returned."""
+    import torch
+
+    ids = ids.to(inputs["input_ids"].device)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     if "mm_token_type_ids" in inputs:
         inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
-    inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
     return inputs
 
 
