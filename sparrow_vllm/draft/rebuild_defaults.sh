@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the committed drafts of an embedded target and their test figures (one job at a time):
 #   bash sparrow_vllm/draft/rebuild_defaults.sh [RUN_DIR] [ARCH]
-# ARCH: qwen2.5-vl (default; ~150 min on 2 cores) or llava-onevision (drafts sparrow-llavaov /
+# ARCH: qwen2.5-vl (default; ~3 h on 2 cores) or llava-onevision (drafts sparrow-llavaov /
 # eagle3-llavaov; ~15 min).
 # Qwen2.5-VL: both drafts train on the same mix of video lengths (256 clips of 16 frames = 128
 # visual tokens, 32 videos of ~4k and 16 of ~25k: the target's own answers at each length, which
