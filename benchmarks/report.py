@@ -1,6 +1,6 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|drafts|study|tau|offline|serve|reliability [ARCH]
+    python benchmarks/report.py kernels|target|drafts|study|per_video|tau|offline|serve|reliability [ARCH]
 
 ARCH (target, drafts, offline, serve): qwen2.5-vl (default) or llava-onevision, whose results
 live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
@@ -97,6 +97,35 @@ def drafts(arch: str = DEFAULT_ARCH) -> str:
         acc = ", ".join(f"{a:.2f}" for a in res[str(ks[-1])]["acceptance_per_position"])
         name = Path(r["draft"]).name
         out.append(f"| {name} | {r['attention']} | {r['anchor_layers']} | {r['visual_tokens']:,} | {r['samples']} | {taus} | {acc} |")
+    return "\n".join(out)
+
+
+def per_video(name: str = "draft_study_test25k16", split_at: str | None = None) -> str:
+    """tau at the largest k of every report in results/NAME.json (a list of eval-draft reports),
+    apart for the answers that ran to the token cap (loops, drifting text) and the others;
+    ``split_at`` N: also the first N samples and the rest (a test set grown by later samples)."""
+    reports = json.loads((RESULTS / f"{name}.json").read_text())
+    k = str(max(int(k) for r in reports for k in r["results"]))
+
+    def tau(samples: list[dict]) -> str:
+        rounds = sum(len(s["accepted"][k]) for s in samples)
+        accepted = sum(sum(s["accepted"][k]) for s in samples)
+        return f"{1 + accepted / rounds:.2f} ({rounds})" if rounds else "-"
+
+    head = f"| draft | samples | tau k={k} (rounds) | answers at the token cap | other answers |"
+    if split_at is not None:
+        n = int(split_at)
+        head += f" first {n} samples | the others |"
+    out = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in reports:
+        ps = r["per_sample"]
+        cap = r.get("max_new_tokens", 64) - 1  # the first answer token comes from prefill
+        capped = [s for s in ps if s["to_generate"] >= cap]
+        row = (f"| {Path(r['draft']).name} | {len(ps)} | {tau(ps)} | {len(capped)}: {tau(capped)} | "
+               f"{tau([s for s in ps if s['to_generate'] < cap])} |")
+        if split_at is not None:
+            row += f" {tau(ps[:n])} | {tau(ps[n:])} |"
+        out.append(row)
     return "\n".join(out)
 
 
@@ -212,4 +241,5 @@ def reliability() -> str:
 
 if __name__ == "__main__":
     print({"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
-           "serve": serve, "reliability": reliability}[sys.argv[1]](*sys.argv[2:]))
+           "serve": serve, "reliability": reliability,
+           "per_video": per_video}[sys.argv[1]](*sys.argv[2:]))

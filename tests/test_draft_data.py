@@ -153,7 +153,11 @@ def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recip
         # the per-sample rounds are the ones the summary averages
         rounds = [a for s in rep["per_sample"] for a in s["accepted"][k]]
         assert len(rounds) == r["rounds"] and sum(rounds) == r["accepted"]
-    assert [s["id"] for s in rep["per_sample"]] == [s["id"] for s in load_samples(full_data)[1]]
+    manifest, samples = load_samples(full_data)
+    assert [s["id"] for s in rep["per_sample"]] == [s["id"] for s in samples]
+    # the cap the answers were generated under: how reports tell runaway answers apart
+    assert rep["max_new_tokens"] == manifest["settings"]["max_new_tokens"]
+    assert all(s["to_generate"] <= rep["max_new_tokens"] - 1 for s in rep["per_sample"])
     # a draft/data mismatch is refused with the fix in the message
     if recipe == "eagle3":
         text_only = tmp_path / "text"

@@ -137,6 +137,7 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
               "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
               "attention": cfg.attention, "samples": len(samples),
               "visual_tokens": family_of(target_config).visual_tokens(manifest["settings"]["num_frames"]),
+              "max_new_tokens": manifest["settings"]["max_new_tokens"],
               "results": summarize(per_sample, ks),
               # accepted drafts of every round, per sample and k: where a mean hides one sample
               "per_sample": [{"id": s.get("id"), "to_generate": r["to_generate"],

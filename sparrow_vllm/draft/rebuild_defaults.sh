@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the committed drafts of an embedded target and their test figures (one job at a time):
 #   bash sparrow_vllm/draft/rebuild_defaults.sh [RUN_DIR] [ARCH]
-# ARCH: qwen2.5-vl (default; ~3 h on 2 cores) or llava-onevision (drafts sparrow-llavaov /
+# ARCH: qwen2.5-vl (default; ~3.5 h on 2 cores, 16 test videos at 25k included) or llava-onevision (drafts sparrow-llavaov /
 # eagle3-llavaov; ~15 min).
 # Qwen2.5-VL: both drafts train on the same mix of video lengths (256 clips of 16 frames = 128
 # visual tokens, 32 videos of ~4k and 16 of ~25k: the target's own answers at each length, which
@@ -39,7 +39,7 @@ for v in $SIZES; do  # test videos: n, visual tokens, shard size, layers
   case $v in
     1k) args="--n 16 --visual-tokens 1024 --shard-size 8 --layers $L" ;;
     4k) args="--n 16 --visual-tokens 4096 --shard-size 8 --layers 2,15,27" ;;
-    25k) args="--n 8 --visual-tokens 25000 --shard-size 1 --layers 2,15,27" ;;
+    25k) args="--n 16 --visual-tokens 25000 --shard-size 1 --layers 2,15,27" ;;
   esac
   log "data test$v"; $S data --target "$T" --out "$R/data/test$v" --split test $args --all-positions --threads 2 > "$R/logs/data_test$v.log" 2>&1
 done
