@@ -102,7 +102,7 @@ def drafts(arch: str = DEFAULT_ARCH) -> str:
 
 def per_video(name: str = "draft_study_test25k16", split_at: str | None = None) -> str:
     """tau at the largest k of every report in results/NAME.json (a list of eval-draft reports),
-    apart for the answers that ran to the token cap (loops, drifting text) and the others;
+    for the answers that ran to the token cap (loops, drifting text) and the others apart;
     ``split_at`` N: also the first N samples and the rest (a test set grown by later samples)."""
     reports = json.loads((RESULTS / f"{name}.json").read_text())
     k = str(max(int(k) for r in reports for k in r["results"]))
