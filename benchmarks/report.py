@@ -119,7 +119,7 @@ def per_video(name: str = "draft_study_test25k16", split_at: str | None = None) 
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in reports:
         ps = r["per_sample"]
-        cap = r.get("max_new_tokens", 64) - 1  # the first answer token comes from prefill
+        cap = r["max_new_tokens"] - 1  # the first answer token comes from prefill
         capped = [s for s in ps if s["to_generate"] >= cap]
         row = (f"| {Path(r['draft']).name} | {len(ps)} | {tau(ps)} | {len(capped)}: {tau(capped)} | "
                f"{tau([s for s in ps if s['to_generate'] < cap])} |")
