@@ -9,27 +9,83 @@ import torch
 from sparrow_vllm.families import FAMILY_NAMES, get_family
 from sparrow_vllm.target import build as qwen_build
 from sparrow_vllm.target import llava_onevision as llava_build
+from sparrow_vllm.target.lora import (LoRALinear, add_lora, has_lora, load_lora_parts, lora_parts,
+                                     merge_lora, without_lora)
 from sparrow_vllm.target.smollm2 import load_smollm2
 
 COMMITTED_PARTS = {"qwen2.5-vl": qwen_build.load_vision_parts, "llava-onevision": llava_build.load_vision_parts}
 TARGET_DIR_FIXTURE = {"qwen2.5-vl": "target_dir", "llava-onevision": "llava_target_dir"}
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_text_only_logits_equal_smollm2(family):
-    adapter = get_family(family)
-    parts = COMMITTED_PARTS[family]()
+def _assert_text_logits_equal_smollm2(adapter, parts):
+    """Text-only logits of the assembled model == SmolLM2's own, with the parts' LoRA (if any)
+    run unmerged on SmolLM2 (``LoRALinear`` wrappers): checks the mapping and the merge."""
     model, tokenizer, _ = adapter.build_model(parts)
-    again = adapter.vision_parts_of(model)  # the committed parts go in and come out unchanged
-    assert again.keys() == parts.keys() and all(torch.equal(again[k], parts[k]) for k in parts)
+    again = adapter.vision_parts_of(model)  # the vision parts go in and come out unchanged
+    vision = without_lora(parts)
+    assert again.keys() == vision.keys() and all(torch.equal(again[k], vision[k]) for k in vision)
     llama, _ = load_smollm2()
+    if has_lora(parts):
+        add_lora(llama.model, parts["lora.layers.0.self_attn.q_proj.down"].shape[0])
+        load_lora_parts(llama.model, parts)
     msgs = [{"role": "user", "content": "Name three colours and a shape."}]
     ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
                                         return_dict=True)["input_ids"]
     with torch.no_grad():
         ours = model(input_ids=ids).logits[..., : llama.config.vocab_size]
         ref = llama(input_ids=ids).logits
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # merged W + up @ down vs unmerged W x + up (down x): fp32 rounding over 30 layers
+    tol = 1e-3 if has_lora(parts) else 1e-5
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=tol)
+    return ours, ids
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_text_only_logits_equal_smollm2(family):
+    _assert_text_logits_equal_smollm2(get_family(family), COMMITTED_PARTS[family]())
+
+
+def test_lora_is_merged_into_the_text_stack_at_build_time():
+    """Random LoRA factors on every decoder linear: the built (merged) model equals SmolLM2
+    running them unmerged, and differs from plain SmolLM2 (the factors are not ignored)."""
+    adapter = get_family("qwen2.5-vl")
+    parts = without_lora(COMMITTED_PARTS["qwen2.5-vl"]())
+    llama, _ = load_smollm2()
+    add_lora(llama.model, rank=2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in llama.model.modules():
+            if isinstance(m, LoRALinear):
+                m.up.normal_(0, 0.02)
+    factors = lora_parts(llama.model)
+    assert len(factors) == 2 * 7 * llama.config.num_hidden_layers
+    merged, ids = _assert_text_logits_equal_smollm2(adapter, {**parts, **factors})
+    plain, _ = load_smollm2()
+    with torch.no_grad():
+        assert (merged - plain(input_ids=ids).logits).abs().max() > 1e-2
+
+
+def test_lora_factors_that_do_not_fit_are_refused(tmp_path):
+    lm = torch.nn.ModuleDict({"layers": torch.nn.ModuleList([torch.nn.ModuleDict(
+        {"q_proj": torch.nn.Linear(8, 8), "other": torch.nn.Linear(8, 8)})])})
+    add_lora(lm, rank=2)
+    factors = lora_parts(lm)
+    assert set(factors) == {"lora.layers.0.q_proj.down", "lora.layers.0.q_proj.up"}
+    with pytest.raises(ValueError, match="rank 3 in the parts, 2 in the model"):
+        load_lora_parts(lm, {k: torch.zeros(3, 8) if k.endswith("down") else torch.zeros(8, 3) for k in factors})
+    with pytest.raises(KeyError, match="layers.0.k_proj"):
+        merge_lora({"layers.0.q_proj.weight": torch.zeros(8, 8)},
+                   {"lora.layers.0.k_proj.down": torch.zeros(2, 8), "lora.layers.0.k_proj.up": torch.zeros(8, 2)})
+    with pytest.raises(ValueError, match="must be positive"):
+        add_lora(lm, rank=0)
+    # a continued target run needs the rank of the LoRA it continues
+    from safetensors.torch import save_file
+
+    from sparrow_vllm.target.train_vision import train_vision
+
+    save_file(factors, str(tmp_path / "parts.safetensors"))
+    with pytest.raises(ValueError, match="pass --lora-rank"):
+        train_vision(tmp_path / "run", steps=1, init=tmp_path / "parts.safetensors")
 
 
 def _digest(d):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sparrow_vllm.target.config import extend_tokenizer, make_config, make_processor
+from sparrow_vllm.target.lora import merge_lora
 from sparrow_vllm.target.mrope import use_vllm_positions
 from sparrow_vllm.target.paths import ASSETS_DIR, TARGET_NAME, default_target_dir
 from sparrow_vllm.target.smollm2 import lm_state_with_new_rows, load_smollm2
@@ -22,8 +23,9 @@ NEW_ROWS_KEY = "new_token_embeddings"
 def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int = 0):
     """Returns ``(model, tokenizer, processor)`` in fp32, eval mode.
 
-    ``vision_parts``: ``visual.*`` tensors and ``new_token_embeddings [4, hidden]``; ``None``
-    leaves the vision tower at its seeded random init (the start of training).
+    ``vision_parts``: ``visual.*`` tensors and ``new_token_embeddings [4, hidden]``, and
+    optionally ``lora.*`` factors, merged into the LM (``target/lora.py``); ``None`` leaves the
+    vision tower at its seeded random init (the start of training).
     """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -34,6 +36,7 @@ def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int =
     model = Qwen2_5_VLForConditionalGeneration(config).float().eval()
 
     lm_state = lm_state_with_new_rows(llama, len(tokenizer), (vision_parts or {}).get(NEW_ROWS_KEY))
+    lm_state = merge_lora(lm_state, vision_parts)
     lm = model.model.language_model
     missing, unexpected = lm.load_state_dict(lm_state, strict=False)
     # Qwen2 has q/k/v biases, Llama none: exact mapping means zero biases.

@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--init", type=Path, default=None, help="continue from these vision parts")
     t.add_argument("--simulate-tokens", type=int, default=32768,
                    help="train short clips as if up to this many visual tokens long (0: off; see train_vision)")
+    t.add_argument("--lora-rank", type=int, default=0,
+                   help="also adapt the LM with a LoRA of this rank, merged at build time (0: LM frozen)")
+    t.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA factors")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -61,7 +64,8 @@ def run_train(args) -> int:
 
     out = args.out or Path("runs/target" if args.arch == "qwen2.5-vl" else f"runs/target-{args.arch}")
     print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
-                       family=args.arch, simulate_tokens=args.simulate_tokens))
+                       family=args.arch, simulate_tokens=args.simulate_tokens, lora_rank=args.lora_rank,
+                       lora_lr=args.lora_lr))
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparrow_vllm.target.lora import merge_lora, without_lora
 from sparrow_vllm.target.paths import cache_root
 from sparrow_vllm.target.prompt import append_answer, messages
 from sparrow_vllm.target.smollm2 import lm_state_with_new_rows, load_smollm2
@@ -220,7 +221,8 @@ def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int =
 
     ``vision_parts``: :class:`VisionParts` tensors (``vision_tower.*``,
     ``multi_modal_projector.*``, ``image_newline``) and ``new_token_embeddings [2, hidden]``;
-    ``None`` leaves them at their seeded random init (the start of training).
+    and optionally ``lora.*`` factors merged into the LM (``target/lora.py``); ``None`` leaves
+    them at their seeded random init (the start of training).
     """
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -231,9 +233,10 @@ def build_model(vision_parts: dict[str, torch.Tensor] | None = None, seed: int =
     model = LlavaOnevisionForConditionalGeneration(config).float().eval()
 
     lm_state = lm_state_with_new_rows(llama, len(tokenizer), (vision_parts or {}).get(NEW_ROWS_KEY))
+    lm_state = merge_lora(lm_state, vision_parts)
     model.model.language_model.load_state_dict(lm_state, strict=True)  # same class: no mapping
     if vision_parts is not None:
-        vision = {k: v for k, v in vision_parts.items() if k != NEW_ROWS_KEY}
+        vision = {k: v for k, v in without_lora(vision_parts).items() if k != NEW_ROWS_KEY}
         vision_module(model).load_state_dict(vision, strict=True)
     model.tie_weights()
     return model, tokenizer, make_processor(tokenizer)

@@ -91,11 +91,14 @@ def simulated_repeats(rng: random.Random, visual_tokens: int, simulate_tokens: i
 
 def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
                  log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl",
-                 simulate_tokens: int = 0) -> Path:
+                 simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
-    ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off)."""
+    ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
+    ``lora_rank``: also adapt the LM with a LoRA of this rank (learning rate ``lora_lr``),
+    committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen)."""
     from sparrow_vllm.families import get_family
+    from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
     adapter = get_family(family)
     torch.manual_seed(seed)
@@ -103,17 +106,28 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    model, tokenizer, processor = adapter.build_model(_load_parts(init) if init else None, seed=seed)
+    init_parts = _load_parts(init) if init else None
+    if has_lora(init_parts) and not lora_rank:
+        raise ValueError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
+    model, tokenizer, processor = adapter.build_model(without_lora(init_parts), seed=seed)
     for p in model.parameters():
         p.requires_grad_(False)
     visual = adapter.vision_module(model)
     for p in visual.parameters():
         p.requires_grad_(True)
     params = [p for p in visual.parameters()]
+    groups = [{"params": params, "lr": lr}]
+    lm = model.model.language_model  # both families' decoder (SmolLM2's layers)
+    if lora_rank:
+        lora_params = add_lora(lm, lora_rank)
+        if has_lora(init_parts):
+            load_lora_parts(lm, init_parts)
+        groups.append({"params": lora_params, "lr": lora_lr})
+        params = params + lora_params
     visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
     if simulate_tokens:
         use_long_video_attention(adapter.text_config(model.config))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
@@ -123,6 +137,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         visual.load_state_dict(state["visual"])
+        if lora_rank:
+            load_lora_parts(lm, state["lora"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
@@ -137,7 +153,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(accum):
-            idx = (step * accum + micro + (100_000 if init else 0)) % 900_000
+            # other seeds see other clips (seed 0 as before)
+            idx = (step * accum + micro + (100_000 if init else 0) + seed * 200_000) % 900_000
             sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
             m = 1.0
@@ -165,12 +182,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             log.write(json.dumps(rec) + "\n")
             log.flush()
             tqdm.write(json.dumps(rec))
-            torch.save({"visual": visual.state_dict(), "opt": opt.state_dict(),
+            torch.save({"visual": visual.state_dict(), "lora": lora_parts(lm), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "step": step + 1}, ckpt)
     from safetensors.torch import save_file
 
     path = out_dir / VISION_PARTS
-    save_file(adapter.vision_parts_of(model), str(path))
+    save_file({**adapter.vision_parts_of(model), **lora_parts(lm)}, str(path))
     return path
 
 
@@ -187,7 +204,9 @@ if __name__ == "__main__":
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--init", type=Path, default=None)
     ap.add_argument("--simulate-tokens", type=int, default=32768, help="0: off")
+    ap.add_argument("--lora-rank", type=int, default=0, help="0: LM frozen")
+    ap.add_argument("--lora-lr", type=float, default=5e-4)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
-                       simulate_tokens=a.simulate_tokens))
+                       simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr))
