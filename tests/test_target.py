@@ -155,3 +155,13 @@ def test_mrope_text_after_a_long_video_continues_past_its_last_frame(target_dir)
             assert torch.equal(ours, theirs)
         else:  # 128 temporal groups of 2 frames at 24 fps: temporal positions 0..10 > 3
             assert not torch.equal(ours, theirs)
+
+
+def test_build_target_with_other_vision_parts_needs_an_out_dir(tmp_path, capsys):
+    """A candidate's parts never overwrite the default (committed) target directory."""
+    from sparrow_vllm.cli import main
+
+    with pytest.raises(SystemExit, match="needs --out"):
+        main(["build-target", "--vision-parts", str(tmp_path / "parts.safetensors")])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["build-target", "--vision-parts", str(tmp_path / "parts.safetensors"), "--out", str(tmp_path / "t")])

@@ -101,12 +101,14 @@ class FamilyAdapter:
         raise NotImplementedError
 
     def vision_module(self, model) -> torch.nn.Module:
-        """What vision training updates (tower + projector); the LM stays frozen."""
+        """What vision training updates (tower + projector); the LM stays frozen (or gets a LoRA,
+        ``target/lora.py``)."""
         raise NotImplementedError
 
     def vision_parts_of(self, model) -> dict[str, torch.Tensor]:
         """The trained parts to commit under ``assets/<embedded_target>/``."""
         raise NotImplementedError
 
-    def build_target(self, out_dir: Path | None = None, force: bool = False) -> Path:
+    def build_target(self, out_dir: Path | None = None, force: bool = False,
+                     vision_parts: Path | None = None) -> Path:
         raise NotImplementedError

@@ -83,7 +83,8 @@ class Qwen25VLAdapter(FamilyAdapter):
 
         return vision_parts_of(model)
 
-    def build_target(self, out_dir: Path | None = None, force: bool = False) -> Path:
+    def build_target(self, out_dir: Path | None = None, force: bool = False,
+                     vision_parts: Path | None = None) -> Path:
         from sparrow_vllm.target.build import build_target
 
-        return build_target(out_dir, force=force)
+        return build_target(out_dir, force=force, vision_parts_path=vision_parts)

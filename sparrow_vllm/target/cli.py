@@ -17,6 +17,9 @@ def add_parser(subparsers) -> None:
     _add_arch(p)
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the cache)")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
+    p.add_argument("--vision-parts", type=Path, default=None,
+                   help="trained parts to assemble instead of the committed ones (a `sparrow train-target` "
+                        "output; give --out too, so the default target is not replaced)")
     p.set_defaults(run=run_build)
 
     t = subparsers.add_parser("train-target", help="train the target's vision tower on SparrowWorld (once; ~40 min)")
@@ -55,7 +58,13 @@ def _add_arch(p) -> None:
 def run_build(args) -> int:
     from sparrow_vllm.families import get_family
 
-    print(get_family(args.arch).build_target(args.out, force=args.force))
+    if args.vision_parts is not None:
+        if args.out is None:
+            raise SystemExit("sparrow build-target: --vision-parts needs --out (the default directory holds the "
+                             "committed target)")
+        if not args.vision_parts.is_file():
+            raise SystemExit(f"sparrow build-target: --vision-parts {args.vision_parts}: no such file")
+    print(get_family(args.arch).build_target(args.out, force=args.force, vision_parts=args.vision_parts))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train an embedded target's vision parts on SparrowWorld, the LM frozen; any family.
+"""Train an embedded target's vision parts on SparrowWorld, the LM frozen or LoRA-adapted; any family.
 
 What is trained and committed is the family adapter's business (``vision_module``,
 ``vision_parts_of``): Qwen2.5-VL's tower + merger, LLaVA-OV's tower + projector + newline.
