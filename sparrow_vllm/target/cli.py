@@ -35,6 +35,10 @@ def add_parser(subparsers) -> None:
     t.add_argument("--lora-rank", type=int, default=0,
                    help="also adapt the LM with a LoRA of this rank, merged at build time (0: LM frozen)")
     t.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA factors")
+    t.add_argument("--perception-weight", type=float, default=0.0,
+                   help="add this times a per-visual-token identity/colour loss (target/perception.py; 0: off)")
+    t.add_argument("--perception-steps", type=int, default=0,
+                   help="first fit that loss's heads alone for this many steps of 16 clips (tower frozen, cheap)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -74,7 +78,8 @@ def run_train(args) -> int:
     out = args.out or Path("runs/target" if args.arch == "qwen2.5-vl" else f"runs/target-{args.arch}")
     print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
                        family=args.arch, simulate_tokens=args.simulate_tokens, lora_rank=args.lora_rank,
-                       lora_lr=args.lora_lr))
+                       lora_lr=args.lora_lr, perception_weight=args.perception_weight,
+                       perception_steps=args.perception_steps))
     return 0
 
 

@@ -26,6 +26,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -91,12 +92,17 @@ def simulated_repeats(rng: random.Random, visual_tokens: int, simulate_tokens: i
 
 def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
                  log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl",
-                 simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4) -> Path:
+                 simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4,
+                 perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
     ``lora_rank``: also adapt the LM with a LoRA of this rank (learning rate ``lora_lr``),
-    committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen)."""
+    committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen).
+    ``perception_weight``: add this times the per-token identity/colour loss of
+    ``target/perception.py`` to the LM loss; ``perception_steps``: first warm the tower up on
+    that loss on the tower as it is, heads only (tower-only forwards, ``perception_batch`` clips a
+    step). Qwen2.5-VL only."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -106,6 +112,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    if (perception_weight or perception_steps) and adapter.name != "qwen2.5-vl":
+        raise ValueError("the perception loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
     init_parts = _load_parts(init) if init else None
     if has_lora(init_parts) and not lora_rank:
         raise ValueError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
@@ -124,6 +132,13 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             load_lora_parts(lm, init_parts)
         groups.append({"params": lora_params, "lr": lora_lr})
         params = params + lora_params
+    heads, captured = None, [None]
+    if perception_weight or perception_steps:
+        from sparrow_vllm.target.perception import PerceptionHeads, token_labels, tower_tokens
+
+        heads = PerceptionHeads(adapter.text_config(model.config).hidden_size)
+        groups.append({"params": list(heads.parameters()), "lr": lr})
+        visual.register_forward_hook(lambda module, args, output: captured.__setitem__(0, tower_tokens(output)))
     visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
     if simulate_tokens:
         use_long_video_attention(adapter.text_config(model.config))
@@ -137,6 +152,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         visual.load_state_dict(state["visual"])
+        if heads is not None:
+            heads.load_state_dict(state["heads"])
         if lora_rank:
             load_lora_parts(lm, state["lora"])
         opt.load_state_dict(state["opt"])
@@ -146,8 +163,20 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     # A continued run (init) sees other clips than the first one.
     rng = random.Random(seed * 1_000_003 + start + (7919 if init else 0))
     log = open(out_dir / "train_log.jsonl", "a")
+    if perception_steps and not ckpt.exists():  # a resumed run has done its warm-up
+        from sparrow_vllm.target.perception import warm_up_heads
+
+        def sample_at(step, i):  # clips apart from the LM stage's
+            return make_sample("train", 600_000 + (step * perception_batch + i) % 250_000, rng.choice(FRAME_CHOICES))
+
+        for rec in warm_up_heads(model, adapter, processor, heads, perception_steps, perception_batch, 1e-2,
+                                 sample_at):
+            log.write(json.dumps(rec) + "\n")
+        log.flush()
+        torch.save({"visual": visual.state_dict(), "heads": heads.state_dict(), "lora": lora_parts(lm),
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "step": 0}, ckpt)
     model.train()
-    running, by_length = [], {"real": [], "simulated": []}
+    running, by_length, seen = [], {"real": [], "simulated": []}, []
     t0 = time.time()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="train vision"):
         opt.zero_grad(set_to_none=True)
@@ -164,7 +193,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                 _visual_key_bias[0] = is_visual.float() * math.log(m)
             try:
                 out = model(**inputs)
-                (out.loss / accum).backward()
+                loss = out.loss
+                if heads is not None:
+                    p = heads(captured[0], token_labels(sample))
+                    loss = loss + perception_weight * p["loss"]
+                    seen.append({k: float(v.detach()) for k, v in p.items()})
+                (loss / accum).backward()
             finally:
                 _visual_key_bias[0] = None
             loss_sum += out.loss.item() / accum
@@ -178,11 +212,14 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                    "elapsed_s": round(time.time() - t0, 1)}
             if simulate_tokens:
                 rec.update({f"loss_{k}": sum(v) / len(v) for k, v in by_length.items() if v})
-            running, by_length = [], {"real": [], "simulated": []}
+            if seen:
+                rec.update({f"perception_{k}": float(np.nanmean([x[k] for x in seen])) for k in seen[0]})
+            running, by_length, seen = [], {"real": [], "simulated": []}, []
             log.write(json.dumps(rec) + "\n")
             log.flush()
             tqdm.write(json.dumps(rec))
             torch.save({"visual": visual.state_dict(), "lora": lora_parts(lm), "opt": opt.state_dict(),
+                        "heads": heads.state_dict() if heads is not None else None,
                         "sched": sched.state_dict(), "step": step + 1}, ckpt)
     from safetensors.torch import save_file
 
@@ -206,7 +243,10 @@ if __name__ == "__main__":
     ap.add_argument("--simulate-tokens", type=int, default=32768, help="0: off")
     ap.add_argument("--lora-rank", type=int, default=0, help="0: LM frozen")
     ap.add_argument("--lora-lr", type=float, default=5e-4)
+    ap.add_argument("--perception-weight", type=float, default=0.0)
+    ap.add_argument("--perception-steps", type=int, default=0)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
-                       simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr))
+                       simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr,
+                       perception_weight=a.perception_weight, perception_steps=a.perception_steps))
