@@ -165,3 +165,13 @@ def test_build_target_with_other_vision_parts_needs_an_out_dir(tmp_path, capsys)
         main(["build-target", "--vision-parts", str(tmp_path / "parts.safetensors")])
     with pytest.raises(SystemExit, match="no such file"):
         main(["build-target", "--vision-parts", str(tmp_path / "parts.safetensors"), "--out", str(tmp_path / "t")])
+
+
+def test_a_target_run_resumes_only_with_the_options_it_started_with(tmp_path):
+    from sparrow_vllm.target.train_vision import train_vision
+
+    (tmp_path / "run").mkdir()
+    torch.save({"visual": {}, "lora": {"lora.layers.0.self_attn.q_proj.down": torch.zeros(2, 576)}, "heads": None,
+                "step": 3}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="trained with the lora option"):
+        train_vision(tmp_path / "run", steps=4)

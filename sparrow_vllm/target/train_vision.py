@@ -100,8 +100,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     ``lora_rank``: also adapt the LM with a LoRA of this rank (learning rate ``lora_lr``),
     committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen).
     ``perception_weight``: add this times the per-token identity/colour loss of
-    ``target/perception.py`` to the LM loss; ``perception_steps``: first warm the tower up on
-    that loss on the tower as it is, heads only (tower-only forwards, ``perception_batch`` clips a
+    ``target/perception.py`` to the LM loss; ``perception_steps``: first fit that loss's heads
+    alone on the tower as it is (tower frozen, tower-only forwards, ``perception_batch`` clips a
     step). Qwen2.5-VL only."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
@@ -151,6 +151,10 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     start = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
+        for option, key in ((lora_rank, "lora"), (heads is not None, "heads")):
+            if bool(option) != bool(state.get(key)):
+                raise ValueError(f"{ckpt} was trained {'without' if option else 'with'} the {key} option; "
+                                 "resume it with the options it started with, or give another --out")
         visual.load_state_dict(state["visual"])
         if heads is not None:
             heads.load_state_dict(state["heads"])
@@ -195,9 +199,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                 out = model(**inputs)
                 loss = out.loss
                 if heads is not None:
-                    p = heads(captured[0], token_labels(sample))
-                    loss = loss + perception_weight * p["loss"]
-                    seen.append({k: float(v.detach()) for k, v in p.items()})
+                    perceived = heads(captured[0], token_labels(sample))
+                    loss = loss + perception_weight * perceived["loss"]
+                    seen.append({k: float(v.detach()) for k, v in perceived.items()})
                 (loss / accum).backward()
             finally:
                 _visual_key_bias[0] = None
