@@ -114,6 +114,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
 
     if (perception_weight or perception_steps) and adapter.name != "qwen2.5-vl":
         raise ValueError("the perception loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
+    ckpt = out_dir / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    for option, key in ((lora_rank, "lora"), (perception_weight or perception_steps, "heads")):
+        if state is not None and bool(option) != bool(state.get(key)):
+            raise ValueError(f"{ckpt} was trained {'without' if option else 'with'} the {key} option; "
+                             "resume it with the options it started with, or give another --out")
     init_parts = _load_parts(init) if init else None
     if has_lora(init_parts) and not lora_rank:
         raise ValueError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
@@ -147,14 +153,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    ckpt = out_dir / "checkpoint.pt"
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        for option, key in ((lora_rank, "lora"), (heads is not None, "heads")):
-            if bool(option) != bool(state.get(key)):
-                raise ValueError(f"{ckpt} was trained {'without' if option else 'with'} the {key} option; "
-                                 "resume it with the options it started with, or give another --out")
+    start, resumed = 0, state is not None
+    if resumed:
         visual.load_state_dict(state["visual"])
         if heads is not None:
             heads.load_state_dict(state["heads"])
@@ -164,10 +164,11 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         sched.load_state_dict(state["sched"])
         start = state["step"]
         print(f"resumed at step {start}")
+    del state
     # A continued run (init) sees other clips than the first one.
     rng = random.Random(seed * 1_000_003 + start + (7919 if init else 0))
     log = open(out_dir / "train_log.jsonl", "a")
-    if perception_steps and not ckpt.exists():  # a resumed run has done its warm-up
+    if perception_steps and not resumed:  # a resumed run has done its warm-up
         from sparrow_vllm.target.perception import warm_up_heads
 
         def sample_at(step, i):  # clips apart from the LM stage's
