@@ -98,9 +98,10 @@ def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int,
                   sample_at) -> list[dict]:
     """Fit the heads alone on the tower as it is (tower-only forwards without gradient: 100
     steps of 16 clips took ~1.5 min, against ~9 s a step of 4 clips in the LM stage), so the
-    joint stage starts with heads whose gradient means something. Training the tower on this loss alone instead wrecks what the frozen LM
-    reads from it (its answer loss 0.5 -> 4.3 after 30 steps, measured). ``sample_at(step,
-    i)`` gives the clips. Returns log records (every 50 steps)."""
+    joint stage starts with heads whose gradient means something. Training the tower on this
+    loss alone instead wrecks what the frozen LM reads from it (its answer loss 0.5 -> 4.3
+    after 30 steps, measured). ``sample_at(step, i)`` gives the clips. Returns log records
+    (every 50 steps)."""
     from tqdm import tqdm
 
     visual = adapter.vision_module(model)
