@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparrow_vllm.target.perception import COLOURS, IDENTITIES, IGNORE, PerceptionHeads, token_labels
+from sparrow_vllm.target.perception import (COLOURS, IDENTITIES, IGNORE, ObjectHeads, PerceptionHeads, object_instances,
+                                            token_labels)
 from sparrow_vllm.world import make_sample, visual_tokens
 from sparrow_vllm.world.scene import BACKGROUND, PALETTE
 
@@ -50,3 +51,98 @@ def test_the_perception_loss_is_for_qwen25vl_only(tmp_path):
 
     with pytest.raises(ValueError, match="Qwen2.5-VL's visual token layout"):
         train_vision(tmp_path / "run", steps=1, family="llava-onevision", perception_weight=0.3)
+
+
+@pytest.mark.parametrize("index,frames", [(0, 16), (5, 16), (12, 32)])
+def test_object_instances_pool_the_tokens_the_object_covers(index, frames):
+    s = make_sample("train", index, frames)
+    weights, ident, colour = object_instances(s)
+    assert weights.shape == (len(ident), visual_tokens(frames)) and len(ident) == len(colour) > 0
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+    video = s.frames()
+    T, H, W = video.shape[:3]
+    per_step = (H // 28) * (W // 28)
+    cells = video.reshape(T // 2, 2, H // 28, 28, W // 28, 28, 3).transpose(0, 2, 4, 1, 3, 5, 6).reshape(weights.shape[1], -1, 3)
+    names = {IDENTITIES.index(o.label) for o in s.scene.objects}
+    for w, i, c in zip(weights, ident, colour):
+        tokens = np.flatnonzero(w)
+        assert len(set(tokens // per_step)) == 1  # one temporal patch
+        assert i in names
+        if c == IGNORE:  # the colour changes within the patch
+            continue
+        # the heaviest token is mostly painted in the instance's colour
+        cell = cells[tokens[w[tokens].argmax()]]
+        painted = cell[(cell != BACKGROUND).any(-1)]
+        values, counts = np.unique(painted, axis=0, return_counts=True)
+        assert tuple(values[counts.argmax()]) == PALETTE[COLOURS[c]]
+
+
+def test_object_heads_pool_and_check_the_layout():
+    heads = ObjectHeads(8)
+    weights = np.zeros((2, 4), np.float32)
+    weights[0, :2] = 0.5
+    weights[1, 3] = 1.0
+    instances = (weights, np.array([0, len(IDENTITIES) - 1]), np.array([1, len(COLOURS) - 1]))
+    tokens = torch.randn(4, 8, requires_grad=True)
+    out = heads(tokens, instances)
+    out["loss"].backward()
+    assert out["loss"] > 0 and tokens.grad[2].abs().sum() == 0 and tokens.grad[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="3 visual tokens, 4 in the instances"):
+        heads(torch.randn(3, 8), instances)
+    empty = heads(tokens, (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    assert float(empty["loss"]) == 0.0
+
+
+def test_perception_stage_options_are_checked_before_any_model_is_built(tmp_path):
+    from sparrow_vllm.target.train_vision import train_vision
+
+    with pytest.raises(ValueError, match="give perception_steps"):
+        train_vision(tmp_path / "a", steps=1, perception_tower_lr=1e-3)
+    with pytest.raises(ValueError, match="0 only for a perception stage alone"):
+        train_vision(tmp_path / "b", steps=0, perception_steps=2)
+    with pytest.raises(ValueError, match="perception_level must be"):
+        train_vision(tmp_path / "c", steps=1, perception_steps=2, perception_level="pixel")
+    (tmp_path / "run").mkdir()
+    torch.save({"visual": {}, "lora": {}, "heads": {"w": torch.zeros(1)}, "perception_level": "object", "step": 0},
+               tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="perception level 'object'"):
+        train_vision(tmp_path / "run", steps=4, perception_weight=0.3)
+
+
+class _CellTower(torch.nn.Module):
+    """A stand-in tower: one linear map of each merged token's pixels (2 frames x 28 x 28)."""
+
+    def __init__(self, hidden: int = 8):
+        super().__init__()
+        self.proj = torch.nn.Linear(2 * 28 * 28 * 3, hidden)
+
+    def forward(self, pixels, grid_thw=None):
+        return self.proj(pixels)
+
+
+class _CellAdapter:
+    def vision_module(self, model):
+        return model
+
+    def hf_inputs(self, processor, frames, question):
+        T, H, W = frames.shape[:3]
+        cells = frames.reshape(T // 2, 2, H // 28, 28, W // 28, 28, 3).transpose(0, 2, 4, 1, 3, 5, 6)
+        return {"pixel_values_videos": torch.as_tensor(cells.reshape(-1, 2 * 28 * 28 * 3), dtype=torch.float32) / 255,
+                "video_grid_thw": None}
+
+
+@pytest.mark.parametrize("tower_lr", [0.0, 1e-2])
+def test_the_perception_warm_up_trains_the_tower_only_when_asked(tower_lr):
+    from sparrow_vllm.target.perception import warm_up_heads
+
+    torch.manual_seed(0)
+    tower, heads = _CellTower(), ObjectHeads(8)
+    before = [p.detach().clone() for p in tower.parameters()]
+    heads_before = [p.detach().clone() for p in heads.parameters()]
+    records = warm_up_heads(tower, _CellAdapter(), None, heads, steps=3, batch=2, lr=1e-2,
+                            sample_at=lambda step, i: make_sample("train", 2 * step + i, 16),
+                            labels_of=object_instances, tower_lr=tower_lr)
+    assert records[-1]["heads_step"] == 3 and np.isfinite(records[-1]["loss"])
+    moved = any(not torch.equal(a, b) for a, b in zip(before, tower.parameters()))
+    assert moved == bool(tower_lr)
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, heads.parameters()))

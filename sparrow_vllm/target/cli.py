@@ -39,6 +39,10 @@ def add_parser(subparsers) -> None:
                    help="add this times a per-visual-token identity/colour loss (target/perception.py; 0: off)")
     t.add_argument("--perception-steps", type=int, default=0,
                    help="first fit that loss's heads alone for this many steps of 16 clips (tower frozen, cheap)")
+    t.add_argument("--perception-level", choices=("token", "object"), default="token",
+                   help="label each merged token, or each object's pooled tokens (target/perception.py)")
+    t.add_argument("--perception-tower-lr", type=float, default=0.0,
+                   help="train the tower too during the --perception-steps, at this learning rate (0: heads only)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -79,7 +83,8 @@ def run_train(args) -> int:
     print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
                        family=args.arch, simulate_tokens=args.simulate_tokens, lora_rank=args.lora_rank,
                        lora_lr=args.lora_lr, perception_weight=args.perception_weight,
-                       perception_steps=args.perception_steps))
+                       perception_steps=args.perception_steps,
+                       perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr))
     return 0
 
 

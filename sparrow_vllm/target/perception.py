@@ -7,7 +7,7 @@ question but the colour and count ones needs. SparrowWorld knows what every pixe
 each merged visual token gets labels — the identity and colour of the object covering its
 28x28 px x 2 frames, or background — and linear heads on the tower's output learn them with a
 cross-entropy added to the LM loss (``PerceptionHeads``, ``--perception-weight``); the heads are
-first fitted alone on the tower as it is (``warm_up_heads``: tower-only forwards, no LM). The
+first fitted on tower-only forwards, no LM (``warm_up_heads``; with the tower too, a perception stage). The
 heads are training scaffolding, never committed.
 
 Token layout: Qwen2.5-VL's merger emits one token per (temporal patch, 28 px row, 28 px
@@ -63,6 +63,69 @@ def token_labels(sample) -> tuple[np.ndarray, np.ndarray]:
     return per_token(ident, len(IDENTITIES)), per_token(colour, len(COLOURS))
 
 
+def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objects as the LM needs them: one instance per (object, temporal patch) in which at
+    least ``min_cover`` of a token's worth of the object is visible. Returns ``(weights,
+    identity, colour)``: ``weights`` [instances, tokens] float32, each row the share of every
+    merged token's pixels the object covers, normalised to sum 1 (the pooling an object-level
+    head reads); ``identity`` / ``colour`` [instances] int64, ``IDENTITIES`` / ``COLOURS`` indices
+    (``IGNORE`` where it changes within the patch)."""
+    T, H, W = sample.num_frames, sample.height, sample.width
+    if T % FRAMES_PER_TOKEN or H % CELL or W % CELL:
+        raise ValueError(f"frames {T}x{H}x{W}: need an even count and sides that are multiples of {CELL}")
+    track = sample.scene.track(T, H, W)
+    steps, rows, cols = T // FRAMES_PER_TOKEN, H // CELL, W // CELL
+    weights, ident, colour = [], [], []
+    for k, o in enumerate(sample.scene.objects):
+        size = o.size_px(H, W)
+        mask = _mask(o.label, size)
+        cover = np.zeros((T, H, W), np.float32)
+        for f in np.flatnonzero(track["visible"][:, k]):
+            y, x = track["top"][f, k], track["left"][f, k]
+            cover[f, y:y + size, x:x + size][mask] = 1.0
+        cells = cover.reshape(steps, FRAMES_PER_TOKEN, rows, CELL, cols, CELL).sum((1, 3, 5))
+        cells /= FRAMES_PER_TOKEN * CELL * CELL
+        for t in range(steps):
+            if cells[t].sum() < min_cover:
+                continue
+            w = np.zeros((steps, rows, cols), np.float32)
+            w[t] = cells[t] / cells[t].sum()
+            weights.append(w.reshape(-1))
+            ident.append(IDENTITIES.index(o.label))
+            c = track["colour"][t * FRAMES_PER_TOKEN:(t + 1) * FRAMES_PER_TOKEN, k]
+            colour.append(int(c[0]) if (c == c[0]).all() else IGNORE)
+    n = steps * rows * cols
+    return (np.stack(weights) if weights else np.zeros((0, n), np.float32),
+            np.array(ident, np.int64), np.array(colour, np.int64))
+
+
+class ObjectHeads(nn.Module):
+    """Linear identity and colour classifiers on an object's pooled tokens (``object_instances``):
+    what a question about the object needs, rather than what one token (a piece of it) shows."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.identity = nn.Linear(hidden, len(IDENTITIES))
+        self.colour = nn.Linear(hidden, len(COLOURS))
+
+    def forward(self, tokens: torch.Tensor, instances: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
+        weights, ident, colour = (torch.as_tensor(x, device=tokens.device) for x in instances)
+        if tokens.shape[0] != weights.shape[1]:
+            raise ValueError(f"{tokens.shape[0]} visual tokens, {weights.shape[1]} in the instances: not a Qwen2.5-VL layout?")
+        if not len(ident):
+            zero = tokens.sum() * 0.0
+            return {"loss": zero, "identity_acc": torch.tensor(float("nan")), "colour_acc": torch.tensor(float("nan"))}
+        pooled = weights.to(tokens.dtype) @ self.norm(tokens)
+        li, lc = self.identity(pooled), self.colour(pooled)
+        return {
+            "loss": nn.functional.cross_entropy(li, ident)
+            + (nn.functional.cross_entropy(lc, colour, ignore_index=IGNORE) if (colour >= 0).any() else 0.0),
+            "identity_acc": (li.argmax(-1) == ident).float().mean().detach(),
+            "colour_acc": (lc.argmax(-1) == colour)[colour >= 0].float().mean().detach(),
+        }
+
+
 class PerceptionHeads(nn.Module):
     """Linear identity and colour classifiers on the tower's merged tokens (layer-normed: the
     merger's outputs are sized for the LM's embeddings, not for a classifier)."""
@@ -95,29 +158,43 @@ def tower_tokens(output) -> torch.Tensor:
 
 
 def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int, batch: int, lr: float,
-                  sample_at) -> list[dict]:
-    """Fit the heads alone on the tower as it is (tower-only forwards without gradient: 100
-    steps of 16 clips took ~1.5 min, against ~9 s a step of 4 clips in the LM stage), so the
-    joint stage starts with heads whose gradient means something. Training the tower on this
-    loss alone instead wrecks what the frozen LM reads from it (its answer loss 0.5 -> 4.3
-    after 30 steps, measured). ``sample_at(step, i)`` gives the clips. Returns log records
-    (every 50 steps)."""
+                  sample_at, labels_of=token_labels, tower_lr: float = 0.0) -> list[dict]:
+    """Fit the heads on tower-only forwards (no LM: 100 steps of 16 clips took ~1.5 min with the
+    tower frozen, against ~9 s a step of 4 clips in the LM stage), so the joint stage starts
+    with heads whose gradient means something. ``tower_lr`` > 0 trains the tower with them
+    (cosine schedule): a perception stage, which the frozen LM cannot read afterwards (its answer
+    loss 0.5 -> 4.3 after 30 steps of the per-token loss, measured), so the LM stage that follows
+    must re-learn the tower's interface. ``sample_at(step, i)`` gives the clips,
+    ``labels_of(sample)`` the heads' labels (``token_labels`` or ``object_instances``). Returns
+    log records (every 50 steps)."""
+    import math
+
     from tqdm import tqdm
 
     visual = adapter.vision_module(model)
-    opt = torch.optim.AdamW(heads.parameters(), lr=lr)
+    groups = [{"params": list(heads.parameters()), "lr": lr}]
+    tower = [p for p in visual.parameters() if p.requires_grad] if tower_lr else []
+    if tower:
+        groups.append({"params": tower, "lr": tower_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    warmup = max(1, steps // 16)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     records, window = [], []
-    for step in tqdm(range(steps), desc="perception heads warm-up"):
+    for step in tqdm(range(steps), desc="perception stage" if tower else "perception heads warm-up"):
         opt.zero_grad(set_to_none=True)
         for i in range(batch):
             sample = sample_at(step, i)
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question)
-            with torch.no_grad():
+            with torch.set_grad_enabled(bool(tower)):
                 tokens = tower_tokens(visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]))
-            out = heads(tokens, token_labels(sample))
+            out = heads(tokens, labels_of(sample))
             (out["loss"] / batch).backward()
             window.append({k: float(v.detach()) for k, v in out.items()})
+        if tower:
+            torch.nn.utils.clip_grad_norm_(tower, 1.0)
         opt.step()
+        sched.step()
         if (step + 1) % 50 == 0 or step + 1 == steps:
             rec = {"heads_step": step + 1, **{k: float(np.nanmean([w[k] for w in window])) for k in window[0]}}
             records.append(rec)

@@ -93,7 +93,8 @@ def simulated_repeats(rng: random.Random, visual_tokens: int, simulate_tokens: i
 def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
                  log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl",
                  simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4,
-                 perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16) -> Path:
+                 perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
+                 perception_level: str = "token", perception_tower_lr: float = 0.0) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
@@ -102,7 +103,10 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     ``perception_weight``: add this times the per-token identity/colour loss of
     ``target/perception.py`` to the LM loss; ``perception_steps``: first fit that loss's heads
     alone on the tower as it is (tower frozen, tower-only forwards, ``perception_batch`` clips a
-    step). Qwen2.5-VL only."""
+    step). ``perception_level``: ``token`` (each merged token's labels) or ``object`` (each
+    object's tokens pooled, ``perception.object_instances``); ``perception_tower_lr`` > 0: train
+    the tower (and merger) during those ``perception_steps`` too, at this learning rate (a
+    perception stage before the LM stage; with ``steps`` 0, that stage alone). Qwen2.5-VL only."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -114,12 +118,21 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
 
     if (perception_weight or perception_steps) and adapter.name != "qwen2.5-vl":
         raise ValueError("the perception loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
+    if steps < 0 or (steps == 0 and not perception_tower_lr):
+        raise ValueError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
+    if perception_tower_lr and not perception_steps:
+        raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
+    if perception_level not in ("token", "object"):
+        raise ValueError(f"perception_level must be 'token' or 'object', not {perception_level!r}")
     ckpt = out_dir / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     for option, key in ((lora_rank, "lora"), (perception_weight or perception_steps, "heads")):
         if state is not None and bool(option) != bool(state.get(key)):
             raise ValueError(f"{ckpt} was trained {'without' if option else 'with'} the {key} option; "
                              "resume it with the options it started with, or give another --out")
+    if state is not None and state.get("heads") and state.get("perception_level", "token") != perception_level:
+        raise ValueError(f"{ckpt} was trained with perception level {state.get('perception_level', 'token')!r}; "
+                         "resume it with the options it started with, or give another --out")
     init_parts = _load_parts(init) if init else None
     if has_lora(init_parts) and not lora_rank:
         raise ValueError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
@@ -140,9 +153,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         params = params + lora_params
     heads, captured = None, [None]
     if perception_weight or perception_steps:
-        from sparrow_vllm.target.perception import PerceptionHeads, token_labels, tower_tokens
+        from sparrow_vllm.target import perception
 
-        heads = PerceptionHeads(adapter.text_config(model.config).hidden_size)
+        heads_class, labels_of = ((perception.ObjectHeads, perception.object_instances) if perception_level == "object"
+                                  else (perception.PerceptionHeads, perception.token_labels))
+        heads = heads_class(adapter.text_config(model.config).hidden_size)
+        tower_tokens = perception.tower_tokens
         groups.append({"params": list(heads.parameters()), "lr": lr})
         visual.register_forward_hook(lambda module, args, output: captured.__setitem__(0, tower_tokens(output)))
     visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
@@ -151,7 +167,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1))))
     )
     start, resumed = 0, state is not None
     if resumed:
@@ -175,11 +191,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             return make_sample("train", 600_000 + (step * perception_batch + i) % 250_000, rng.choice(FRAME_CHOICES))
 
         for rec in warm_up_heads(model, adapter, processor, heads, perception_steps, perception_batch, 1e-2,
-                                 sample_at):
+                                 sample_at, labels_of, tower_lr=perception_tower_lr):
             log.write(json.dumps(rec) + "\n")
         log.flush()
         torch.save({"visual": visual.state_dict(), "heads": heads.state_dict(), "lora": lora_parts(lm),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(), "step": 0}, ckpt)
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "step": 0,
+                    "perception_level": perception_level}, ckpt)
     model.train()
     running, by_length, seen = [], {"real": [], "simulated": []}, []
     t0 = time.time()
@@ -200,7 +217,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                 out = model(**inputs)
                 loss = out.loss
                 if heads is not None:
-                    perceived = heads(captured[0], token_labels(sample))
+                    perceived = heads(captured[0], labels_of(sample))
                     loss = loss + perception_weight * perceived["loss"]
                     seen.append({k: float(v.detach()) for k, v in perceived.items()})
                 (loss / accum).backward()
@@ -225,7 +242,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             tqdm.write(json.dumps(rec))
             torch.save({"visual": visual.state_dict(), "lora": lora_parts(lm), "opt": opt.state_dict(),
                         "heads": heads.state_dict() if heads is not None else None,
-                        "sched": sched.state_dict(), "step": step + 1}, ckpt)
+                        "sched": sched.state_dict(), "step": step + 1, "perception_level": perception_level}, ckpt)
     from safetensors.torch import save_file
 
     path = out_dir / VISION_PARTS
@@ -250,8 +267,11 @@ if __name__ == "__main__":
     ap.add_argument("--lora-lr", type=float, default=5e-4)
     ap.add_argument("--perception-weight", type=float, default=0.0)
     ap.add_argument("--perception-steps", type=int, default=0)
+    ap.add_argument("--perception-level", choices=("token", "object"), default="token")
+    ap.add_argument("--perception-tower-lr", type=float, default=0.0)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
                        simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr,
-                       perception_weight=a.perception_weight, perception_steps=a.perception_steps))
+                       perception_weight=a.perception_weight, perception_steps=a.perception_steps,
+                       perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr))
