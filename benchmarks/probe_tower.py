@@ -5,6 +5,8 @@ Each merged visual token of SparrowWorld clips gets the labels of ``target/perce
 Probes fitted on 80% of the tokens, scored on the other 20% (object tokens only):
 
 - ``tower``: a linear probe on the tower's output tokens (what a frozen LM could read off),
+- ``tower_objects``: a linear probe on each object's tokens pooled (``object_instances``: one
+  instance per object and temporal patch), split by clip (what a question about an object needs),
 - ``pixels``: a linear probe and a 1-hidden-layer MLP on the object tokens' raw pixels (28x28 px
   x 2 frames, the processor's normalised values): how hard the question is from one token.
 
@@ -48,7 +50,7 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.build import ASSETS_DIR, VISION_PARTS, file_sha256, load_vision_parts
     from sparrow_vllm.target.lora import without_lora
-    from sparrow_vllm.target.perception import COLOURS, IDENTITIES, token_labels, tower_tokens
+    from sparrow_vllm.target.perception import COLOURS, IDENTITIES, object_instances, token_labels, tower_tokens
     from sparrow_vllm.world import make_sample
 
     adapter = get_family("qwen2.5-vl")
@@ -57,13 +59,16 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     model, _, processor = adapter.build_model(without_lora(parts))
     visual = adapter.vision_module(model)
     t0 = time.time()
-    tower, pixels, ident, colour = [], [], [], []
+    tower, pixels, ident, colour, pooled, pooled_ident = [], [], [], [], [], []
     with torch.no_grad():
         for i in range(n):
             s = make_sample("train", split_index + i, frames)
             inputs = adapter.hf_inputs(processor, s.frames(), s.question)
             pv = inputs["pixel_values_videos"]
             tower.append(tower_tokens(visual(pv, grid_thw=inputs["video_grid_thw"])))
+            weights, obj_ident, _ = object_instances(s)
+            pooled.append(torch.as_tensor(weights) @ tower[-1])
+            pooled_ident.append(torch.as_tensor(obj_ident))
             pixels.append(pv.reshape(-1, 4 * pv.shape[1]))  # 2x2 patches of one merged token, in order
             a, b = token_labels(s)
             ident.append(torch.as_tensor(a))
@@ -74,6 +79,8 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     tower, pixels = norm(torch.cat(tower)[keep]), norm(torch.cat(pixels)[keep])
     ident, colour = ident[keep], colour[keep]
     n_train = int(0.8 * len(ident))
+    n_train_objects = sum(len(x) for x in pooled_ident[:int(0.8 * n)])  # the first 80% of the clips
+    pooled, pooled_ident = norm(torch.cat(pooled)), torch.cat(pooled_ident)
     obj = ident > 0
     n_obj = int(obj[:n_train].sum())  # the same clips as the tower probes train on
     counts = collections.Counter(ident[ident > 0].tolist())
@@ -83,6 +90,11 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
         "identity_majority": round(max(counts.values()) / sum(counts.values()), 3),
         "tower_linear": {"identity": _fit(tower, ident, n_train, 1 + len(IDENTITIES)),
                          "colour": _fit(tower, colour, n_train, 1 + len(COLOURS))},
+        # every instance is an object: score them all (shift the labels so 0 is not "background")
+        "tower_objects_linear": {"identity": _fit(pooled, pooled_ident + 1, n_train_objects, 1 + len(IDENTITIES)),
+                                 "instances": len(pooled_ident),
+                                 "majority": round(max(collections.Counter(pooled_ident.tolist()).values())
+                                                   / len(pooled_ident), 3)},
         # on object tokens only (telling an object from the background is not the question)
         "pixels_linear": {"identity": _fit(pixels[obj], ident[obj], n_obj, 1 + len(IDENTITIES))},
         "pixels_mlp256": {"identity": _fit(pixels[obj], ident[obj], n_obj, 1 + len(IDENTITIES), hidden=256)},
