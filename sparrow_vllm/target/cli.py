@@ -36,9 +36,10 @@ def add_parser(subparsers) -> None:
                    help="also adapt the LM with a LoRA of this rank, merged at build time (0: LM frozen)")
     t.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA factors")
     t.add_argument("--perception-weight", type=float, default=0.0,
-                   help="add this times a per-visual-token identity/colour loss (target/perception.py; 0: off)")
+                   help="add this times an identity/colour loss on the visual tokens (target/perception.py; 0: off)")
     t.add_argument("--perception-steps", type=int, default=0,
-                   help="first fit that loss's heads alone for this many steps of 16 clips (tower frozen, cheap)")
+                   help="first fit that loss's heads for this many steps of 16 clips, without the LM (tower frozen "
+                        "unless --perception-tower-lr)")
     t.add_argument("--perception-level", choices=("token", "object"), default="token",
                    help="label each merged token, or each object's pooled tokens (target/perception.py)")
     t.add_argument("--perception-tower-lr", type=float, default=0.0,
