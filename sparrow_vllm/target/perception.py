@@ -34,23 +34,36 @@ IGNORE = -100
 MIN_BG, MIN_OBJECT = 0.02, 0.15
 
 
+def _tracked(sample) -> tuple[int, int, int, dict]:
+    """``(T, H, W, track)`` of a sample whose frames tile into merged visual tokens."""
+    T, H, W = sample.num_frames, sample.height, sample.width
+    if T % FRAMES_PER_TOKEN or H % CELL or W % CELL:
+        raise ValueError(f"frames {T}x{H}x{W}: need an even count and sides that are multiples of {CELL}")
+    return T, H, W, sample.scene.track(T, H, W)
+
+
+def _object_pixels(obj, k: int, track: dict, T: int, H: int, W: int) -> np.ndarray:
+    """Bool [T, H, W]: the pixels object ``k`` paints in each frame."""
+    size = obj.size_px(H, W)
+    mask = _mask(obj.label, size)
+    pixels = np.zeros((T, H, W), bool)
+    for f in np.flatnonzero(track["visible"][:, k]):
+        y, x = track["top"][f, k], track["left"][f, k]
+        pixels[f, y:y + size, x:x + size][mask] = True
+    return pixels
+
+
 def token_labels(sample) -> tuple[np.ndarray, np.ndarray]:
     """``(identity, colour)`` int64 arrays, one entry per merged visual token of ``sample``
     (Qwen2.5-VL layout): 0 background, ``1 + IDENTITIES.index`` / ``1 + COLOURS.index`` for
     the object covering most of the token, ``IGNORE`` for a sliver."""
-    T, H, W = sample.num_frames, sample.height, sample.width
-    if T % FRAMES_PER_TOKEN or H % CELL or W % CELL:
-        raise ValueError(f"frames {T}x{H}x{W}: need an even count and sides that are multiples of {CELL}")
-    track = sample.scene.track(T, H, W)
+    T, H, W, track = _tracked(sample)
     ident = np.zeros((T, H, W), np.int64)
     colour = np.zeros((T, H, W), np.int64)
     for k, o in enumerate(sample.scene.objects):
-        size = o.size_px(H, W)
-        mask = _mask(o.label, size)
-        for f in np.flatnonzero(track["visible"][:, k]):
-            y, x = track["top"][f, k], track["left"][f, k]
-            ident[f, y:y + size, x:x + size][mask] = 1 + IDENTITIES.index(o.label)
-            colour[f, y:y + size, x:x + size][mask] = 1 + int(track["colour"][f, k])
+        pixels = _object_pixels(o, k, track, T, H, W)
+        ident[pixels] = 1 + IDENTITIES.index(o.label)
+        colour[pixels] = np.broadcast_to((1 + track["colour"][:, k])[:, None, None], pixels.shape)[pixels]
 
     def per_token(labels: np.ndarray, classes: int) -> np.ndarray:
         steps = T // FRAMES_PER_TOKEN
@@ -73,19 +86,11 @@ def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.nda
     merged token's pixels the object covers, normalised to sum 1 (the pooling an object-level
     head reads); ``identity`` / ``colour`` [instances] int64, ``IDENTITIES`` / ``COLOURS`` indices
     (``IGNORE`` where it changes within the patch)."""
-    T, H, W = sample.num_frames, sample.height, sample.width
-    if T % FRAMES_PER_TOKEN or H % CELL or W % CELL:
-        raise ValueError(f"frames {T}x{H}x{W}: need an even count and sides that are multiples of {CELL}")
-    track = sample.scene.track(T, H, W)
+    T, H, W, track = _tracked(sample)
     steps, rows, cols = T // FRAMES_PER_TOKEN, H // CELL, W // CELL
     weights, ident, colour = [], [], []
     for k, o in enumerate(sample.scene.objects):
-        size = o.size_px(H, W)
-        mask = _mask(o.label, size)
-        cover = np.zeros((T, H, W), np.float32)
-        for f in np.flatnonzero(track["visible"][:, k]):
-            y, x = track["top"][f, k], track["left"][f, k]
-            cover[f, y:y + size, x:x + size][mask] = 1.0
+        cover = _object_pixels(o, k, track, T, H, W).astype(np.float32)
         cells = cover.reshape(steps, FRAMES_PER_TOKEN, rows, CELL, cols, CELL).sum((1, 3, 5))
         cells /= FRAMES_PER_TOKEN * CELL * CELL
         for t in range(steps):
