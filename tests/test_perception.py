@@ -89,8 +89,10 @@ def test_object_heads_pool_and_check_the_layout():
     assert out["loss"] > 0 and tokens.grad[2].abs().sum() == 0 and tokens.grad[0].abs().sum() > 0
     with pytest.raises(ValueError, match="3 visual tokens, 4 in the instances"):
         heads(torch.randn(3, 8), instances)
-    empty = heads(tokens, (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    nothing = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    empty = heads(tokens, nothing)
     assert float(empty["loss"]) == 0.0
+    heads(torch.randn(4, 8), nothing)["loss"].backward()  # a frozen tower's tokens, no object: still a loss
 
 
 def test_perception_stage_options_are_checked_before_any_model_is_built(tmp_path):

@@ -121,8 +121,9 @@ class ObjectHeads(nn.Module):
         weights, ident, colour = (torch.as_tensor(x, device=tokens.device) for x in instances)
         if tokens.shape[0] != weights.shape[1]:
             raise ValueError(f"{tokens.shape[0]} visual tokens, {weights.shape[1]} in the instances: not a Qwen2.5-VL layout?")
-        if not len(ident):
-            zero = tokens.sum() * 0.0
+        if not len(ident):  # nothing to classify; a zero tied to the heads and the tokens, so
+            # backward() works on any clip whether or not the tower is trained
+            zero = (tokens.sum() + sum(p.sum() for p in self.parameters())) * 0.0
             return {"loss": zero, "identity_acc": torch.tensor(float("nan")), "colour_acc": torch.tensor(float("nan"))}
         pooled = weights.to(tokens.dtype) @ self.norm(tokens)
         li, lc = self.identity(pooled), self.colour(pooled)
