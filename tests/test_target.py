@@ -175,3 +175,20 @@ def test_a_target_run_resumes_only_with_the_options_it_started_with(tmp_path):
                 "step": 3}, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(ValueError, match="trained with the lora option"):
         train_vision(tmp_path / "run", steps=4)
+
+
+def test_a_target_run_writes_snapshots_of_its_parts(tmp_path):
+    """--snapshot-every N: the parts along the run, the last one the final parts (two real steps)."""
+    from safetensors.torch import load_file
+
+    from sparrow_vllm.target.train_vision import train_vision
+
+    with pytest.raises(ValueError, match="snapshot_every must be >= 0"):
+        train_vision(tmp_path / "bad", steps=1, snapshot_every=-1)
+    final = train_vision(tmp_path / "run", steps=2, accum=1, simulate_tokens=0, snapshot_every=1, log_every=1)
+    one, two, end = (load_file(str(p)) for p in
+                     (tmp_path / "run" / "vision_parts-step1.safetensors",
+                      tmp_path / "run" / "vision_parts-step2.safetensors", final))
+    assert one.keys() == two.keys() == end.keys()
+    assert all(torch.equal(two[k], end[k]) for k in end)
+    assert any(not torch.equal(one[k], two[k]) for k in end)

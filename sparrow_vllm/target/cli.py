@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
                    help="label each merged token, or each object's pooled tokens (target/perception.py)")
     t.add_argument("--perception-tower-lr", type=float, default=0.0,
                    help="train the tower too during the --perception-steps, at this learning rate (0: heads only)")
+    t.add_argument("--snapshot-every", type=int, default=0,
+                   help="also write OUT/vision_parts-step<N>.safetensors every this many steps, for "
+                        "build-target --vision-parts while the run goes on (0: only the final parts)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -85,7 +88,8 @@ def run_train(args) -> int:
                        family=args.arch, simulate_tokens=args.simulate_tokens, lora_rank=args.lora_rank,
                        lora_lr=args.lora_lr, perception_weight=args.perception_weight,
                        perception_steps=args.perception_steps,
-                       perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr))
+                       perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
+                       snapshot_every=args.snapshot_every))
     return 0
 
 

@@ -94,7 +94,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl",
                  simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4,
                  perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
-                 perception_level: str = "token", perception_tower_lr: float = 0.0) -> Path:
+                 perception_level: str = "token", perception_tower_lr: float = 0.0,
+                 snapshot_every: int = 0) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
@@ -106,7 +107,10 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     step). ``perception_level``: ``token`` (each merged token's labels) or ``object`` (each
     object's tokens pooled, ``perception.object_instances``); ``perception_tower_lr`` > 0: train
     the tower (and merger) during those ``perception_steps`` too, at this learning rate (a
-    perception stage before the LM stage; with ``steps`` 0, that stage alone). Qwen2.5-VL only."""
+    perception stage before the LM stage; with ``steps`` 0, that stage alone). Qwen2.5-VL only.
+    ``snapshot_every``: also write the parts every this many LM steps, as
+    ``vision_parts-step<N>.safetensors`` (a few MB each; ``build-target --vision-parts`` reads
+    them), to measure answers along the run without pausing it (0: only the final parts)."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -122,6 +126,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
     if perception_tower_lr and not perception_steps:
         raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
+    if snapshot_every < 0:
+        raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in ("token", "object"):
         raise ValueError(f"perception_level must be 'token' or 'object', not {perception_level!r}")
     ckpt = out_dir / "checkpoint.pt"
@@ -243,9 +249,17 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             torch.save({"visual": visual.state_dict(), "lora": lora_parts(lm), "opt": opt.state_dict(),
                         "heads": heads.state_dict() if heads is not None else None,
                         "sched": sched.state_dict(), "step": step + 1, "perception_level": perception_level}, ckpt)
+        if snapshot_every and (step + 1) % snapshot_every == 0:
+            _save_parts(adapter, model, lm, out_dir / f"vision_parts-step{step + 1}.safetensors")
+    return _save_parts(adapter, model, lm, out_dir / VISION_PARTS)
+
+
+def _save_parts(adapter, model, lm, path: Path) -> Path:
+    """What is committed of a run: the family's vision parts and the LoRA factors, if any."""
     from safetensors.torch import save_file
 
-    path = out_dir / VISION_PARTS
+    from sparrow_vllm.target.lora import lora_parts
+
     save_file({**adapter.vision_parts_of(model), **lora_parts(lm)}, str(path))
     return path
 
@@ -269,9 +283,11 @@ if __name__ == "__main__":
     ap.add_argument("--perception-steps", type=int, default=0)
     ap.add_argument("--perception-level", choices=("token", "object"), default="token")
     ap.add_argument("--perception-tower-lr", type=float, default=0.0)
+    ap.add_argument("--snapshot-every", type=int, default=0)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
                        simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr,
                        perception_weight=a.perception_weight, perception_steps=a.perception_steps,
-                       perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr))
+                       perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr,
+                       snapshot_every=a.snapshot_every))
