@@ -6,7 +6,8 @@ Probes fitted on 80% of the tokens, scored on the other 20% (object tokens only)
 
 - ``tower``: a linear probe on the tower's output tokens (what a frozen LM could read off),
 - ``tower_objects``: a linear probe on each object's tokens pooled (``object_instances``: one
-  instance per object and temporal patch), split by clip (what a question about an object needs),
+  instance per object and temporal patch), split by clip (what a question about an object needs);
+  also which way a moving object moves within its patch (scored on the moving instances),
 - ``pixels``: a linear probe and a 1-hidden-layer MLP on the object tokens' raw pixels (28x28 px
   x 2 frames, the processor's normalised values): how hard the question is from one token.
 
@@ -50,7 +51,8 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.build import ASSETS_DIR, VISION_PARTS, file_sha256, load_vision_parts
     from sparrow_vllm.target.lora import without_lora
-    from sparrow_vllm.target.perception import COLOURS, IDENTITIES, object_instances, token_labels, tower_tokens
+    from sparrow_vllm.target.perception import (COLOURS, IDENTITIES, MOTIONS, object_instances, token_labels,
+                                                tower_tokens)
     from sparrow_vllm.world import make_sample
 
     adapter = get_family("qwen2.5-vl")
@@ -59,16 +61,17 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     model, _, processor = adapter.build_model(without_lora(parts))
     visual = adapter.vision_module(model)
     t0 = time.time()
-    tower, pixels, ident, colour, pooled, pooled_ident = [], [], [], [], [], []
+    tower, pixels, ident, colour, pooled, pooled_ident, pooled_motion = [], [], [], [], [], [], []
     with torch.no_grad():
         for i in range(n):
             s = make_sample("train", split_index + i, frames)
             inputs = adapter.hf_inputs(processor, s.frames(), s.question)
             pv = inputs["pixel_values_videos"]
             tower.append(tower_tokens(visual(pv, grid_thw=inputs["video_grid_thw"])))
-            weights, obj_ident, _ = object_instances(s)
+            weights, obj_ident, _, obj_motion = object_instances(s)
             pooled.append(torch.as_tensor(weights) @ tower[-1])
             pooled_ident.append(torch.as_tensor(obj_ident))
+            pooled_motion.append(torch.as_tensor(obj_motion))
             pixels.append(pv.reshape(-1, 4 * pv.shape[1]))  # 2x2 patches of one merged token, in order
             a, b = token_labels(s)
             ident.append(torch.as_tensor(a))
@@ -80,7 +83,9 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     ident, colour = ident[keep], colour[keep]
     n_train = int(0.8 * len(ident))
     n_train_objects = sum(len(x) for x in pooled_ident[:int(0.8 * n)])  # the first 80% of the clips
-    pooled, pooled_ident = norm(torch.cat(pooled)), torch.cat(pooled_ident)
+    pooled, pooled_ident, pooled_motion = norm(torch.cat(pooled)), torch.cat(pooled_ident), torch.cat(pooled_motion)
+    known = pooled_motion >= 0  # in both frames of the patch
+    n_train_known = int(known[:n_train_objects].sum())
     obj = ident > 0
     n_obj = int(obj[:n_train].sum())  # the same clips as the tower probes train on
     counts = collections.Counter(ident[ident > 0].tolist())
@@ -91,7 +96,11 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
         "tower_linear": {"identity": _fit(tower, ident, n_train, 1 + len(IDENTITIES)),
                          "colour": _fit(tower, colour, n_train, 1 + len(COLOURS))},
         # every instance is an object: score them all (shift the labels so 0 is not "background")
+        # motion: scored on the moving instances (still is label 0, like background above)
         "tower_objects_linear": {"identity": _fit(pooled, pooled_ident + 1, n_train_objects, 1 + len(IDENTITIES)),
+                                 "motion_of_moving": _fit(pooled[known], pooled_motion[known], n_train_known,
+                                                          1 + len(MOTIONS)),
+                                 "moving": int((pooled_motion > 0).sum()),
                                  "instances": len(pooled_ident),
                                  "majority": round(max(collections.Counter(pooled_ident.tolist()).values())
                                                    / len(pooled_ident), 3)},

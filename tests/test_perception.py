@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparrow_vllm.target.perception import (COLOURS, IDENTITIES, IGNORE, ObjectHeads, PerceptionHeads, object_instances,
+from sparrow_vllm.target.perception import (COLOURS, IDENTITIES, IGNORE, MOTIONS, ObjectHeads, PerceptionHeads,
+                                            object_instances,
                                             token_labels)
 from sparrow_vllm.world import make_sample, visual_tokens
 from sparrow_vllm.world.scene import BACKGROUND, PALETTE
@@ -56,8 +57,8 @@ def test_the_perception_loss_is_for_qwen25vl_only(tmp_path):
 @pytest.mark.parametrize("index,frames", [(0, 16), (5, 16), (12, 32)])
 def test_object_instances_pool_the_tokens_the_object_covers(index, frames):
     s = make_sample("train", index, frames)
-    weights, ident, colour = object_instances(s)
-    assert weights.shape == (len(ident), visual_tokens(frames)) and len(ident) == len(colour) > 0
+    weights, ident, colour, motion = object_instances(s)
+    assert weights.shape == (len(ident), visual_tokens(frames)) and len(ident) == len(colour) == len(motion) > 0
     np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
     video = s.frames()
     T, H, W = video.shape[:3]
@@ -77,19 +78,55 @@ def test_object_instances_pool_the_tokens_the_object_covers(index, frames):
         assert tuple(values[counts.argmax()]) == PALETTE[COLOURS[c]]
 
 
+def test_object_motion_is_the_way_the_rendered_object_moves_within_its_patch():
+    """Label vs pixels: the centroid of the instance's colour in the patch's two frames."""
+    moving = 0
+    for index in range(40):
+        s = make_sample("train", index, 16)
+        weights, _, colour, motion = object_instances(s)
+        video = s.frames()
+        T, H, W = video.shape[:3]
+        steps = T // 2
+        track = s.scene.track(T, H, W)
+        for w, c, m in zip(weights, colour, motion):
+            t = int(np.flatnonzero(w)[0]) // ((H // 28) * (W // 28))
+            shown = track["colour"][2 * t:2 * t + 2][track["visible"][2 * t:2 * t + 2]]
+            if m == IGNORE or c == IGNORE or (shown == c).sum() != 2:
+                continue  # another object in the same colour would blur the centroid
+            region = np.kron(w.reshape(steps, H // 28, W // 28)[t] > 0, np.ones((28, 28), bool))
+            centre = []
+            for f in (2 * t, 2 * t + 1):
+                ys, xs = np.nonzero((video[f] == PALETTE[COLOURS[c]]).all(-1) & region)
+                centre.append((xs.mean(), ys.mean()))
+            (x0, y0), (x1, y1) = centre
+            shift = (int(np.sign(round(x1 - x0))), int(np.sign(round(y1 - y0))))
+            assert shift == ((0, 0) if m == 0 else MOTIONS[m - 1]), (index, t)
+            moving += m > 0
+    assert moving >= 10  # the check saw moving objects, not only still ones
+
+
 def test_object_heads_pool_and_check_the_layout():
     heads = ObjectHeads(8)
     weights = np.zeros((2, 4), np.float32)
     weights[0, :2] = 0.5
     weights[1, 3] = 1.0
-    instances = (weights, np.array([0, len(IDENTITIES) - 1]), np.array([1, len(COLOURS) - 1]))
+    instances = (weights, np.array([0, len(IDENTITIES) - 1]), np.array([1, len(COLOURS) - 1]), np.array([0, 3]))
     tokens = torch.randn(4, 8, requires_grad=True)
     out = heads(tokens, instances)
     out["loss"].backward()
     assert out["loss"] > 0 and tokens.grad[2].abs().sum() == 0 and tokens.grad[0].abs().sum() > 0
+    assert "motion_acc" not in out
     with pytest.raises(ValueError, match="3 visual tokens, 4 in the instances"):
         heads(torch.randn(3, 8), instances)
-    nothing = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    # the motion head adds its loss; its accuracy is over the moving instance (the second) only
+    torch.manual_seed(0)
+    with_motion = ObjectHeads(8, motion=True)
+    pooled = torch.as_tensor(weights) @ with_motion.norm(tokens.detach())
+    moved = with_motion(tokens.detach(), instances)
+    assert float(moved["motion_acc"]) == float(with_motion.motion(pooled)[1].argmax() == 3)
+    still = with_motion(tokens.detach(), instances[:3] + (np.array([0, IGNORE]),))
+    assert float(moved["loss"]) != float(still["loss"]) and torch.isnan(still["motion_acc"])
+    nothing = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     empty = heads(tokens, nothing)
     assert float(empty["loss"]) == 0.0
     heads(torch.randn(4, 8), nothing)["loss"].backward()  # a frozen tower's tokens, no object: still a loss

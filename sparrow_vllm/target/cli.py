@@ -40,8 +40,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--perception-steps", type=int, default=0,
                    help="first fit that loss's heads for this many steps of 16 clips, without the LM (tower frozen "
                         "unless --perception-tower-lr)")
-    t.add_argument("--perception-level", choices=("token", "object"), default="token",
-                   help="label each merged token, or each object's pooled tokens (target/perception.py)")
+    t.add_argument("--perception-level", choices=("token", "object", "object-motion"), default="token",
+                   help="label each merged token, or each object's pooled tokens (identity, colour; with "
+                        "object-motion also which way it moves within the patch; target/perception.py)")
     t.add_argument("--perception-tower-lr", type=float, default=0.0,
                    help="train the tower too during the --perception-steps, at this learning rate (0: heads only)")
     t.add_argument("--snapshot-every", type=int, default=0,

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparrow_vllm.world.scene import COLOURS, DIGITS, SHAPES, _mask
+from sparrow_vllm.world.scene import COLOURS, DIGITS, DIRECTIONS, SHAPES, _mask
 
 IDENTITIES = SHAPES + DIGITS
+MOTIONS = tuple(DIRECTIONS.values())  # (dx, dy) in image axes, in DIRECTIONS' order
 CELL = 28  # px of one merged token (14 px patches, 2x2 merge)
 FRAMES_PER_TOKEN = 2
 IGNORE = -100
@@ -79,16 +80,30 @@ def token_labels(sample) -> tuple[np.ndarray, np.ndarray]:
     return per_token(ident, len(IDENTITIES)), per_token(colour, len(COLOURS))
 
 
-def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _motion(track: dict, k: int, frames: slice) -> int:
+    """0 if object ``k`` holds still over ``frames`` (both visible), ``1 + MOTIONS.index`` if it
+    moves, ``IGNORE`` if it is not visible in all of them."""
+    if not track["visible"][frames, k].all():
+        return IGNORE
+    dx = int(np.sign(track["left"][frames, k][-1] - track["left"][frames, k][0]))
+    dy = int(np.sign(track["top"][frames, k][-1] - track["top"][frames, k][0]))
+    if (dx, dy) == (0, 0):
+        return 0
+    return 1 + MOTIONS.index((dx, dy)) if (dx, dy) in MOTIONS else IGNORE
+
+
+def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Objects as the LM needs them: one instance per (object, temporal patch) in which at
     least ``min_cover`` of a token's worth of the object is visible. Returns ``(weights,
-    identity, colour)``: ``weights`` [instances, tokens] float32, each row the share of every
-    merged token's pixels the object covers, normalised to sum 1 (the pooling an object-level
-    head reads); ``identity`` / ``colour`` [instances] int64, ``IDENTITIES`` / ``COLOURS`` indices
-    (``IGNORE`` where it changes within the patch)."""
+    identity, colour, motion)``: ``weights`` [instances, tokens] float32, each row the share of
+    every merged token's pixels the object covers, normalised to sum 1 (the pooling an
+    object-level head reads); ``identity`` / ``colour`` [instances] int64, ``IDENTITIES`` /
+    ``COLOURS`` indices (colour ``IGNORE`` where it changes within the patch); ``motion``
+    [instances] int64, 0 still or ``1 + MOTIONS.index`` the way it moves between the patch's two
+    frames (``IGNORE`` if it is not in both), which the tower sees: the two frames are one patch."""
     T, H, W, track = _tracked(sample)
     steps, rows, cols = T // FRAMES_PER_TOKEN, H // CELL, W // CELL
-    weights, ident, colour = [], [], []
+    weights, ident, colour, motion = [], [], [], []
     for k, o in enumerate(sample.scene.objects):
         cover = _object_pixels(o, k, track, T, H, W).astype(np.float32)
         cells = cover.reshape(steps, FRAMES_PER_TOKEN, rows, CELL, cols, CELL).sum((1, 3, 5))
@@ -100,39 +115,58 @@ def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.nda
             w[t] = cells[t] / cells[t].sum()
             weights.append(w.reshape(-1))
             ident.append(IDENTITIES.index(o.label))
-            c = track["colour"][t * FRAMES_PER_TOKEN:(t + 1) * FRAMES_PER_TOKEN, k]
+            frames = slice(t * FRAMES_PER_TOKEN, (t + 1) * FRAMES_PER_TOKEN)
+            c = track["colour"][frames, k]
             colour.append(int(c[0]) if (c == c[0]).all() else IGNORE)
+            motion.append(_motion(track, k, frames))
     n = steps * rows * cols
     return (np.stack(weights) if weights else np.zeros((0, n), np.float32),
-            np.array(ident, np.int64), np.array(colour, np.int64))
+            np.array(ident, np.int64), np.array(colour, np.int64), np.array(motion, np.int64))
 
 
 class ObjectHeads(nn.Module):
     """Linear identity and colour classifiers on an object's pooled tokens (``object_instances``):
-    what a question about the object needs, rather than what one token (a piece of it) shows."""
+    what a question about the object needs, rather than what one token (a piece of it) shows.
+    ``motion``: a third head, still or which way the object moves within the temporal patch
+    (what a direction question needs at short lengths, where two frames of a patch are ~7-17 px
+    apart)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, motion: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
         self.identity = nn.Linear(hidden, len(IDENTITIES))
         self.colour = nn.Linear(hidden, len(COLOURS))
+        self.motion = nn.Linear(hidden, 1 + len(MOTIONS)) if motion else None
 
-    def forward(self, tokens: torch.Tensor, instances: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
-        weights, ident, colour = (torch.as_tensor(x, device=tokens.device) for x in instances)
+    def forward(self, tokens: torch.Tensor, instances: tuple[np.ndarray, ...]) -> dict[str, torch.Tensor]:
+        """Cross-entropies summed; accuracies (``motion_acc``: on the moving instances only,
+        nan without any)."""
+        weights, ident, colour, motion = (torch.as_tensor(x, device=tokens.device) for x in instances)
         if tokens.shape[0] != weights.shape[1]:
             raise ValueError(f"{tokens.shape[0]} visual tokens, {weights.shape[1]} in the instances: not a Qwen2.5-VL layout?")
+        nan = torch.tensor(float("nan"))
         if not len(ident):  # nothing to classify; a zero tied to the heads and the tokens, so
             # backward() works on any clip whether or not the tower is trained
             zero = (tokens.sum() + sum(p.sum() for p in self.parameters())) * 0.0
-            return {"loss": zero, "identity_acc": torch.tensor(float("nan")), "colour_acc": torch.tensor(float("nan"))}
+            return {"loss": zero, "identity_acc": nan, "colour_acc": nan, **({"motion_acc": nan} if self.motion else {})}
         pooled = weights.to(tokens.dtype) @ self.norm(tokens)
         li, lc = self.identity(pooled), self.colour(pooled)
-        return {
-            "loss": nn.functional.cross_entropy(li, ident)
-            + (nn.functional.cross_entropy(lc, colour, ignore_index=IGNORE) if (colour >= 0).any() else 0.0),
+        out = {
+            "loss": nn.functional.cross_entropy(li, ident) + _masked_ce(lc, colour),
             "identity_acc": (li.argmax(-1) == ident).float().mean().detach(),
             "colour_acc": (lc.argmax(-1) == colour)[colour >= 0].float().mean().detach(),
         }
+        if self.motion is not None:
+            lm = self.motion(pooled)
+            out["loss"] = out["loss"] + _masked_ce(lm, motion)
+            moving = motion > 0
+            out["motion_acc"] = (lm.argmax(-1) == motion)[moving].float().mean().detach() if moving.any() else nan
+        return out
+
+
+def _masked_ce(logits: torch.Tensor, labels: torch.Tensor):
+    """Cross-entropy over the labels that are not IGNORE (0.0 if none are)."""
+    return nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels >= 0).any() else 0.0
 
 
 class PerceptionHeads(nn.Module):

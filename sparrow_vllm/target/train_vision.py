@@ -40,6 +40,9 @@ SIMULATED_SHARE = 0.75
 # Mostly short clips (cheap: the frozen 135M LM dominates the step), some longer ones so
 # the model sees events spread over time.
 FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
+# What the perception heads label (target/perception.py): each merged token; each object's
+# pooled tokens (identity, colour); the same and which way the object moves within the patch.
+PERCEPTION_LEVELS = ("token", "object", "object-motion")
 
 
 def _load_parts(path: Path) -> dict[str, torch.Tensor]:
@@ -104,8 +107,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     ``perception_weight``: add this times the per-token identity/colour loss of
     ``target/perception.py`` to the LM loss; ``perception_steps``: first fit that loss's heads
     alone on the tower as it is (tower frozen, tower-only forwards, ``perception_batch`` clips a
-    step). ``perception_level``: ``token`` (each merged token's labels) or ``object`` (each
-    object's tokens pooled, ``perception.object_instances``); ``perception_tower_lr`` > 0: train
+    step). ``perception_level``: ``token`` (each merged token's labels), ``object`` (each
+    object's tokens pooled, ``perception.object_instances``) or ``object-motion`` (and a head for
+    the way it moves within the patch); ``perception_tower_lr`` > 0: train
     the tower (and merger) during those ``perception_steps`` too, at this learning rate (a
     perception stage before the LM stage; with ``steps`` 0, that stage alone). Qwen2.5-VL only.
     ``snapshot_every``: also write the parts every this many LM steps, as
@@ -128,8 +132,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
-    if perception_level not in ("token", "object"):
-        raise ValueError(f"perception_level must be 'token' or 'object', not {perception_level!r}")
+    if perception_level not in PERCEPTION_LEVELS:
+        raise ValueError(f"perception_level must be one of {', '.join(PERCEPTION_LEVELS)}, not {perception_level!r}")
     ckpt = out_dir / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     for option, key in ((lora_rank, "lora"), (perception_weight or perception_steps, "heads")):
@@ -161,9 +165,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if perception_weight or perception_steps:
         from sparrow_vllm.target import perception
 
-        heads_class, labels_of = ((perception.ObjectHeads, perception.object_instances) if perception_level == "object"
-                                  else (perception.PerceptionHeads, perception.token_labels))
-        heads = heads_class(adapter.text_config(model.config).hidden_size)
+        hidden = adapter.text_config(model.config).hidden_size
+        if perception_level == "token":
+            heads, labels_of = perception.PerceptionHeads(hidden), perception.token_labels
+        else:
+            heads = perception.ObjectHeads(hidden, motion=perception_level == "object-motion")
+            labels_of = perception.object_instances
         tower_tokens = perception.tower_tokens
         groups.append({"params": list(heads.parameters()), "lr": lr})
         visual.register_forward_hook(lambda module, args, output: captured.__setitem__(0, tower_tokens(output)))
@@ -281,7 +288,7 @@ if __name__ == "__main__":
     ap.add_argument("--lora-lr", type=float, default=5e-4)
     ap.add_argument("--perception-weight", type=float, default=0.0)
     ap.add_argument("--perception-steps", type=int, default=0)
-    ap.add_argument("--perception-level", choices=("token", "object"), default="token")
+    ap.add_argument("--perception-level", choices=PERCEPTION_LEVELS, default="token")
     ap.add_argument("--perception-tower-lr", type=float, default=0.0)
     ap.add_argument("--snapshot-every", type=int, default=0)
     a = ap.parse_args()
