@@ -11,7 +11,9 @@ first fitted on tower-only forwards, no LM (``warm_up_heads``; with the tower to
 heads are training scaffolding, never committed. Per token, identity barely moved (a token shows
 a piece of an object); ``object_instances`` / ``ObjectHeads`` pool each object's tokens instead,
 and a perception stage on that (tower only, ``--perception-tower-lr``) took identity from ~20% to
-86% in 1000 steps of 16 clips (target/STUDY.md D).
+86% in 1000 steps of 16 clips (target/STUDY.md D). ``--perception-level object-motion`` adds
+which way each object moves between the two frames of its patch (``ObjectHeads(motion=True)``;
+target/STUDY.md E).
 
 Token layout: Qwen2.5-VL's merger emits one token per (temporal patch, 28 px row, 28 px
 column) in that order (the processor's patch order, restored after window attention).
@@ -27,6 +29,7 @@ from sparrow_vllm.world.scene import COLOURS, DIGITS, DIRECTIONS, SHAPES, _mask
 
 IDENTITIES = SHAPES + DIGITS
 MOTIONS = tuple(DIRECTIONS.values())  # (dx, dy) in image axes, in DIRECTIONS' order
+STILL_WEIGHT = 0.1  # of a still instance in the motion loss, against 1 for a moving one
 CELL = 28  # px of one merged token (14 px patches, 2x2 merge)
 FRAMES_PER_TOKEN = 2
 IGNORE = -100
@@ -137,6 +140,9 @@ class ObjectHeads(nn.Module):
         self.identity = nn.Linear(hidden, len(IDENTITIES))
         self.colour = nn.Linear(hidden, len(COLOURS))
         self.motion = nn.Linear(hidden, 1 + len(MOTIONS)) if motion else None
+        # ~88% of the instances hold still (16-64-frame clips): unweighted, the head learns
+        # "still" and gives the tower no reason to see motion (measured: 0% on moving ones)
+        self.register_buffer("motion_weights", torch.tensor([STILL_WEIGHT] + [1.0] * len(MOTIONS)), persistent=False)
 
     def forward(self, tokens: torch.Tensor, instances: tuple[np.ndarray, ...]) -> dict[str, torch.Tensor]:
         """Cross-entropies summed; accuracies (``motion_acc``: on the moving instances only,
@@ -158,15 +164,17 @@ class ObjectHeads(nn.Module):
         }
         if self.motion is not None:
             lm = self.motion(pooled)
-            out["loss"] = out["loss"] + _masked_ce(lm, motion)
+            out["loss"] = out["loss"] + _masked_ce(lm, motion, self.motion_weights.to(lm.dtype))
             moving = motion > 0
             out["motion_acc"] = (lm.argmax(-1) == motion)[moving].float().mean().detach() if moving.any() else nan
         return out
 
 
-def _masked_ce(logits: torch.Tensor, labels: torch.Tensor):
+def _masked_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None):
     """Cross-entropy over the labels that are not IGNORE (0.0 if none are)."""
-    return nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels >= 0).any() else 0.0
+    if not (labels >= 0).any():
+        return 0.0
+    return nn.functional.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE)
 
 
 class PerceptionHeads(nn.Module):
