@@ -8,6 +8,8 @@ Probes fitted on 80% of the tokens, scored on the other 20% (object tokens only)
 - ``tower_objects``: a linear probe on each object's tokens pooled (``object_instances``: one
   instance per object and temporal patch), split by clip (what a question about an object needs);
   also which way a moving object moves within its patch (scored on the moving instances),
+- the norms of the visual tokens against the text embeddings' (what the LM's residual stream
+  starts from at each),
 - ``pixels``: a linear probe and a 1-hidden-layer MLP on the object tokens' raw pixels (28x28 px
   x 2 frames, the processor's normalised values): how hard the question is from one token.
 
@@ -78,6 +80,11 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
             colour.append(torch.as_tensor(b))
     ident, colour = torch.cat(ident), torch.cat(colour)
     keep = ident >= 0  # drop slivers (IGNORE)
+    # what the LM's residual stream starts from at a visual position, against a text token's
+    norm_of = lambda x: round(float(x.norm(dim=-1).median()), 2)  # noqa: E731
+    scale = {"visual_token_norm_median": norm_of(torch.cat(tower)),
+             "visual_token_norm_max": round(float(torch.cat(tower).norm(dim=-1).max()), 2),
+             "text_embedding_norm_median": norm_of(model.get_input_embeddings().weight.detach())}
     norm = lambda x: (x - x.mean(0)) / (x.std(0) + 1e-5)  # noqa: E731
     tower, pixels = norm(torch.cat(tower)[keep]), norm(torch.cat(pixels)[keep])
     ident, colour = ident[keep], colour[keep]
@@ -91,7 +98,7 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     counts = collections.Counter(ident[ident > 0].tolist())
     out = {
         "vision_parts": os.path.relpath(vision_parts), "vision_parts_sha256": file_sha256(vision_parts),
-        "clips": n, "frames": frames, "object_tokens": int((ident > 0).sum()),
+        "clips": n, "frames": frames, "object_tokens": int((ident > 0).sum()), **scale,
         "identity_majority": round(max(counts.values()) / sum(counts.values()), 3),
         "tower_linear": {"identity": _fit(tower, ident, n_train, 1 + len(IDENTITIES)),
                          "colour": _fit(tower, colour, n_train, 1 + len(COLOURS))},
