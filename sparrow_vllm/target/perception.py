@@ -154,7 +154,7 @@ class ObjectHeads(nn.Module):
         if not len(ident):  # nothing to classify; a zero tied to the heads and the tokens, so
             # backward() works on any clip whether or not the tower is trained
             zero = (tokens.sum() + sum(p.sum() for p in self.parameters())) * 0.0
-            return {"loss": zero, "identity_acc": nan, "colour_acc": nan, **({"motion_acc": nan} if self.motion else {})}
+            return {"loss": zero, "identity_acc": nan, "colour_acc": nan, **({"motion_acc": nan} if self.motion is not None else {})}
         pooled = weights.to(tokens.dtype) @ self.norm(tokens)
         li, lc = self.identity(pooled), self.colour(pooled)
         out = {
