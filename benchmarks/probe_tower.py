@@ -80,13 +80,14 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
             colour.append(torch.as_tensor(b))
     ident, colour = torch.cat(ident), torch.cat(colour)
     keep = ident >= 0  # drop slivers (IGNORE)
+    tower = torch.cat(tower)
     # what the LM's residual stream starts from at a visual position, against a text token's
-    norm_of = lambda x: round(float(x.norm(dim=-1).median()), 2)  # noqa: E731
-    scale = {"visual_token_norm_median": norm_of(torch.cat(tower)),
-             "visual_token_norm_max": round(float(torch.cat(tower).norm(dim=-1).max()), 2),
-             "text_embedding_norm_median": norm_of(model.get_input_embeddings().weight.detach())}
+    visual_norms = tower.norm(dim=-1)
+    scale = {"visual_token_norm_median": round(float(visual_norms.median()), 2),
+             "visual_token_norm_max": round(float(visual_norms.max()), 2),
+             "text_embedding_norm_median": round(float(model.get_input_embeddings().weight.detach().norm(dim=-1).median()), 2)}
     norm = lambda x: (x - x.mean(0)) / (x.std(0) + 1e-5)  # noqa: E731
-    tower, pixels = norm(torch.cat(tower)[keep]), norm(torch.cat(pixels)[keep])
+    tower, pixels = norm(tower[keep]), norm(torch.cat(pixels)[keep])
     ident, colour = ident[keep], colour[keep]
     n_train = int(0.8 * len(ident))
     n_train_objects = sum(len(x) for x in pooled_ident[:int(0.8 * n)])  # the first 80% of the clips
