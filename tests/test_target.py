@@ -88,6 +88,29 @@ def test_lora_factors_that_do_not_fit_are_refused(tmp_path):
         train_vision(tmp_path / "run", steps=1, init=tmp_path / "parts.safetensors")
 
 
+def test_lora_rank_grows_exactly():
+    """A continued run may give the LoRA more rank: at load the LM is exactly the parts', and
+    the grown factors still merge into the same weights."""
+    torch.manual_seed(0)
+    make = lambda: torch.nn.ModuleDict({"layers": torch.nn.ModuleList([torch.nn.ModuleDict(  # noqa: E731
+        {"q_proj": torch.nn.Linear(8, 8, bias=False)})])})
+    small, big = make(), make()
+    big.load_state_dict(small.state_dict())
+    add_lora(small, rank=2)
+    with torch.no_grad():
+        small.layers[0].q_proj.up.normal_()
+    factors = lora_parts(small)
+    add_lora(big, rank=5)
+    with pytest.raises(ValueError, match="rank 2 in the parts, 5 in the model"):
+        load_lora_parts(big, factors)
+    load_lora_parts(big, factors, grow=True)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(big.layers[0].q_proj(x), small.layers[0].q_proj(x))
+    assert big.layers[0].q_proj.down[2:].abs().sum() > 0  # the new rows can learn
+    base = {"layers.0.q_proj.weight": small.layers[0].q_proj.base.weight.detach()}
+    torch.testing.assert_close(merge_lora(base, lora_parts(big)), merge_lora(base, factors))
+
+
 def _digest(d):
     h = hashlib.sha256()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):

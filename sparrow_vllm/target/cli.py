@@ -33,7 +33,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--simulate-tokens", type=int, default=32768,
                    help="train short clips as if up to this many visual tokens long (0: off; see train_vision)")
     t.add_argument("--lora-rank", type=int, default=0,
-                   help="also adapt the LM with a LoRA of this rank, merged at build time (0: LM frozen)")
+                   help="also adapt the LM with a LoRA of this rank, merged at build time (0: LM frozen); "
+                   "with an --init that has LoRA factors, at least their rank (a higher one grows them)")
     t.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA factors")
     t.add_argument("--perception-weight", type=float, default=0.0,
                    help="add this times an identity/colour loss on the visual tokens (target/perception.py; 0: off)")

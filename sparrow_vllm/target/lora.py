@@ -63,8 +63,13 @@ def lora_parts(lm: nn.Module) -> dict[str, torch.Tensor]:
     return parts
 
 
-def load_lora_parts(lm: nn.Module, parts: dict[str, torch.Tensor]) -> None:
-    """Put committed factors back into the wrappers of ``lm`` (``add_lora`` first; same rank)."""
+def load_lora_parts(lm: nn.Module, parts: dict[str, torch.Tensor], grow: bool = False) -> None:
+    """Put committed factors back into the wrappers of ``lm`` (``add_lora`` first; same rank).
+
+    ``grow``: the wrappers may have a higher rank than the parts (a continued run given more
+    capacity): the parts fill the first rows of ``down`` and columns of ``up``, the other
+    columns of ``up`` are zeroed, so the adapted LM is exactly the parts' at the start and the
+    other rows of ``down`` keep their random init to learn from."""
     wrappers = {name: m for name, m in lm.named_modules() if isinstance(m, LoRALinear)}
     names = {k[len(PREFIX):].rsplit(".", 1)[0] for k in parts if k.startswith(PREFIX)}
     if names != set(wrappers):
@@ -72,10 +77,12 @@ def load_lora_parts(lm: nn.Module, parts: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, m in wrappers.items():
             down, up = parts[f"{PREFIX}{name}.down"], parts[f"{PREFIX}{name}.up"]
-            if down.shape != m.down.shape:
-                raise ValueError(f"LoRA rank {down.shape[0]} in the parts, {m.down.shape[0]} in the model")
-            m.down.copy_(down)
-            m.up.copy_(up / m.scale)
+            rank = down.shape[0]
+            if down.shape[1:] != m.down.shape[1:] or rank > m.down.shape[0] or (rank < m.down.shape[0] and not grow):
+                raise ValueError(f"LoRA rank {rank} in the parts, {m.down.shape[0]} in the model")
+            m.down[:rank].copy_(down)
+            m.up.zero_()
+            m.up[:, :rank].copy_(up / m.scale)
 
 
 def has_lora(parts: dict[str, torch.Tensor] | None) -> bool:

@@ -103,7 +103,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
     ``lora_rank``: also adapt the LM with a LoRA of this rank (learning rate ``lora_lr``),
-    committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen).
+    committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen);
+    with an ``init`` that has LoRA factors, at least their rank (a higher one grows them).
     ``perception_weight``: add this times the per-token identity/colour loss of
     ``target/perception.py`` to the LM loss; ``perception_steps``: first fit that loss's heads
     alone on the tower as it is (tower frozen, tower-only forwards, ``perception_batch`` clips a
@@ -157,8 +158,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     lm = model.model.language_model  # both families' decoder (SmolLM2's layers)
     if lora_rank:
         lora_params = add_lora(lm, lora_rank)
-        if has_lora(init_parts):
-            load_lora_parts(lm, init_parts)
+        if has_lora(init_parts):  # lora_rank may exceed the init's: more capacity for a continued run
+            load_lora_parts(lm, init_parts, grow=True)
         groups.append({"params": lora_params, "lr": lora_lr})
         params = params + lora_params
     heads, captured = None, [None]
