@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    from sparrow_vllm.target.config import PERCEPTION_LEVELS
+
     p = subparsers.add_parser(
         "build-target", help="assemble an embedded target (SmolLM2 + committed vision parts)",
         description="Assemble the full HF checkpoint of the embedded target of a model family from "
@@ -41,7 +43,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--perception-steps", type=int, default=0,
                    help="first fit that loss's heads for this many steps of 16 clips, without the LM (tower frozen "
                         "unless --perception-tower-lr)")
-    t.add_argument("--perception-level", choices=("token", "object", "object-motion"), default="token",
+    t.add_argument("--perception-level", choices=PERCEPTION_LEVELS, default="token",
                    help="label each merged token, or each object's pooled tokens (identity, colour; with "
                         "object-motion also which way it moves within the patch; target/perception.py)")
     t.add_argument("--perception-tower-lr", type=float, default=0.0,

@@ -16,6 +16,11 @@ FRAME_SIZE = 112
 # through the metadata we attach (prompt.video_metadata) or the fps of an mp4 file.
 VIDEO_FPS = 24.0
 
+# What train-target's perception heads label (target/perception.py): each merged token; each
+# object's pooled tokens (identity, colour); the same and which way the object moves within the
+# patch. Here, not in train_vision, so the CLI lists them without importing torch.
+PERCEPTION_LEVELS = ("token", "object", "object-motion")
+
 VISION_TOKENS = {
     "vision_start": "<|vision_start|>",
     "vision_end": "<|vision_end|>",

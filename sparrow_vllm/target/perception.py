@@ -218,9 +218,9 @@ def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int,
     must re-learn the tower's interface. ``sample_at(step, i)`` gives the clips,
     ``labels_of(sample)`` the heads' labels (``token_labels`` or ``object_instances``). Returns
     log records (every 50 steps)."""
-    import math
-
     from tqdm import tqdm
+
+    from sparrow_vllm.target.train_vision import cosine_with_warmup
 
     visual = adapter.vision_module(model)
     groups = [{"params": list(heads.parameters()), "lr": lr}]
@@ -228,9 +228,7 @@ def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int,
     if tower:
         groups.append({"params": tower, "lr": tower_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    warmup = max(1, steps // 16)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = cosine_with_warmup(opt, steps, warmup=max(1, steps // 16))
     records, window = [], []
     for step in tqdm(range(steps), desc="perception stage" if tower else "perception heads warm-up"):
         opt.zero_grad(set_to_none=True)

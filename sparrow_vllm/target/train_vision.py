@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sparrow_vllm.target.config import PERCEPTION_LEVELS
 from sparrow_vllm.world import make_sample
 
 VISION_PARTS = "vision_parts.safetensors"
@@ -40,9 +41,6 @@ SIMULATED_SHARE = 0.75
 # Mostly short clips (cheap: the frozen 135M LM dominates the step), some longer ones so
 # the model sees events spread over time.
 FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
-# What the perception heads label (target/perception.py): each merged token; each object's
-# pooled tokens (identity, colour); the same and which way the object moves within the patch.
-PERCEPTION_LEVELS = ("token", "object", "object-motion")
 
 
 def _load_parts(path: Path) -> dict[str, torch.Tensor]:
@@ -91,6 +89,12 @@ def simulated_repeats(rng: random.Random, visual_tokens: int, simulate_tokens: i
     if top <= 1 or rng.random() >= SIMULATED_SHARE:
         return 1.0
     return math.exp(rng.uniform(0.0, math.log(top)))
+
+
+def cosine_with_warmup(opt, steps: int, warmup: int):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1)))))
 
 
 def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int = 4, seed: int = 0,
@@ -179,10 +183,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if simulate_tokens:
         use_long_video_attention(adapter.text_config(model.config))
     opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1))))
-    )
+    sched = cosine_with_warmup(opt, steps, warmup=max(1, steps // 20))
     start, resumed = 0, state is not None
     if resumed:
         visual.load_state_dict(state["visual"])
