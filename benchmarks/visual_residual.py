@@ -24,12 +24,11 @@ LAYERS = (0, 1, 2, 4, 8, 15, 29)
 def measure(vision_parts: Path | None, clips: int) -> dict:
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.build import ASSETS_DIR, VISION_PARTS, load_vision_parts
-    from sparrow_vllm.target.lora import without_lora
     from sparrow_vllm.world import make_sample
 
     adapter = get_family("qwen2.5-vl")
     vision_parts = Path(vision_parts or ASSETS_DIR / VISION_PARTS)
-    model, _, processor = adapter.build_model(without_lora(load_vision_parts(vision_parts)))
+    model, _, processor = adapter.build_model(load_vision_parts(vision_parts))  # LoRA merged, if any
     visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
     norms = {layer: {"visual": [], "text": []} for layer in LAYERS}
     cosine = {"visual": [], "text": []}

@@ -2,6 +2,7 @@
 Qwen2.5-VL: vLLM == transformers, mRoPE positions."""
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -201,14 +202,21 @@ def test_a_target_run_resumes_only_with_the_options_it_started_with(tmp_path):
 
 
 def test_a_target_run_writes_snapshots_of_its_parts(tmp_path):
-    """--snapshot-every N: the parts along the run, the last one the final parts (two real steps)."""
+    """--snapshot-every N: the parts along the run, the last one the final parts (two real steps,
+    with the grounding loss on: both clips ask about one object, so it is logged at each step)."""
     from safetensors.torch import load_file
 
-    from sparrow_vllm.target.train_vision import train_vision
+    from sparrow_vllm.target import train_vision as tv
 
     with pytest.raises(ValueError, match="snapshot_every must be >= 0"):
-        train_vision(tmp_path / "bad", steps=1, snapshot_every=-1)
-    final = train_vision(tmp_path / "run", steps=2, accum=1, simulate_tokens=0, snapshot_every=1, log_every=1)
+        tv.train_vision(tmp_path / "bad", steps=1, snapshot_every=-1)
+    with pytest.raises(ValueError, match=r"grounding_layer must be in \[0, 30\)"):
+        tv.train_vision(tmp_path / "bad", steps=1, grounding_weight=0.5, grounding_layer=30)
+    final = tv.train_vision(tmp_path / "run", steps=2, accum=1, simulate_tokens=0, snapshot_every=1, log_every=1,
+                            grounding_weight=0.5, grounding_layer=4, grounding_head=8)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(0 < r["grounding_loss"] < 20 for r in log)
+    assert tv._grounding[0] is None  # the capture is off again after the run
     one, two, end = (load_file(str(p)) for p in
                      (tmp_path / "run" / "vision_parts-step1.safetensors",
                       tmp_path / "run" / "vision_parts-step2.safetensors", final))

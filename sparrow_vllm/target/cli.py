@@ -51,6 +51,13 @@ def add_parser(subparsers) -> None:
     t.add_argument("--snapshot-every", type=int, default=0,
                    help="also write OUT/vision_parts-step<N>.safetensors every this many steps, for "
                         "build-target --vision-parts while the run goes on (0: only the final parts)")
+    t.add_argument("--grounding-weight", type=float, default=0.0,
+                   help="add this times an attention loss: one LM head looks, from the answer, at the visual "
+                        "tokens of the object the question is about (target/grounding.py; 0: off)")
+    t.add_argument("--grounding-layer", type=int, default=19, help="the LM layer whose head that loss trains")
+    t.add_argument("--grounding-head", type=int, default=1,
+                   help="that head (default L19 H1: on target/STUDY.md E's candidate, a head already drawn "
+                        "to the object)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -93,7 +100,8 @@ def run_train(args) -> int:
                        lora_lr=args.lora_lr, perception_weight=args.perception_weight,
                        perception_steps=args.perception_steps,
                        perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
-                       snapshot_every=args.snapshot_every))
+                       snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
+                       grounding_layer=args.grounding_layer, grounding_head=args.grounding_head))
     return 0
 
 

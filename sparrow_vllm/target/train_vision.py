@@ -53,6 +53,8 @@ def _load_parts(path: Path) -> dict[str, torch.Tensor]:
 
 # The per-visual-key logit bias of the current forward ([T] float) or None; set by train_vision.
 _visual_key_bias: list[torch.Tensor | None] = [None]
+# The grounding loss's capture (target/grounding.py) while train_vision runs with it, else None.
+_grounding: list = [None]
 
 
 def long_video_attention(module, query, key, value, attention_mask, visual_key_bias=None, **kwargs):
@@ -61,6 +63,8 @@ def long_video_attention(module, query, key, value, attention_mask, visual_key_b
     visual key/value. Causal; for training forwards (no padding, ``T_q == T_k``)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if _grounding[0] is not None:
+        _grounding[0].capture(module, query, key)
     bias = visual_key_bias if visual_key_bias is not None else _visual_key_bias[0]
     if bias is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -102,7 +106,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4,
                  perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
                  perception_level: str = "token", perception_tower_lr: float = 0.0,
-                 snapshot_every: int = 0) -> Path:
+                 snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
+                 grounding_head: int = 1) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
@@ -119,7 +124,10 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     perception stage before the LM stage; with ``steps`` 0, that stage alone). Qwen2.5-VL only.
     ``snapshot_every``: also write the parts every this many LM steps, as
     ``vision_parts-step<N>.safetensors`` (a few MB each; ``build-target --vision-parts`` reads
-    them), to measure answers along the run without pausing it (0: only the final parts)."""
+    them), to measure answers along the run without pausing it (0: only the final parts).
+    ``grounding_weight``: add this times the attention loss of ``target/grounding.py`` (head
+    ``grounding_head`` of LM layer ``grounding_layer`` looks at the object the question is about)
+    to the LM loss."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -135,6 +143,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
     if perception_tower_lr and not perception_steps:
         raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
+    if grounding_weight < 0:
+        raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
@@ -180,7 +190,19 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         groups.append({"params": list(heads.parameters()), "lr": lr})
         visual.register_forward_hook(lambda module, args, output: captured.__setitem__(0, tower_tokens(output)))
     visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
-    if simulate_tokens:
+    grounding = None
+    if grounding_weight:
+        from sparrow_vllm.target.grounding import Grounding, subject_tokens
+
+        if adapter.name != "qwen2.5-vl":
+            raise ValueError("the grounding loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
+        text = adapter.text_config(model.config)
+        if not 0 <= grounding_layer < text.num_hidden_layers:
+            raise ValueError(f"grounding_layer must be in [0, {text.num_hidden_layers}), got {grounding_layer}")
+        if not 0 <= grounding_head < text.num_attention_heads:
+            raise ValueError(f"grounding_head must be in [0, {text.num_attention_heads}), got {grounding_head}")
+        grounding = Grounding(grounding_layer, grounding_head)
+    if simulate_tokens or grounding is not None:
         use_long_video_attention(adapter.text_config(model.config))
     opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
     sched = cosine_with_warmup(opt, steps, warmup=max(1, steps // 20))
@@ -213,8 +235,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                     "opt": opt.state_dict(), "sched": sched.state_dict(), "step": 0,
                     "perception_level": perception_level}, ckpt)
     model.train()
-    running, by_length, seen = [], {"real": [], "simulated": []}, []
+    running, by_length, seen, grounded = [], {"real": [], "simulated": []}, [], []
     t0 = time.time()
+    _grounding[0] = grounding
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="train vision"):
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
@@ -224,8 +247,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
             m = 1.0
+            is_visual = torch.isin(inputs["input_ids"][0], visual_ids)
             if simulate_tokens:
-                is_visual = torch.isin(inputs["input_ids"][0], visual_ids)
                 m = simulated_repeats(rng, int(is_visual.sum()), simulate_tokens)
                 _visual_key_bias[0] = is_visual.float() * math.log(m)
             try:
@@ -235,6 +258,11 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                     perceived = heads(captured[0], labels_of(sample))
                     loss = loss + perception_weight * perceived["loss"]
                     seen.append({k: float(v.detach()) for k, v in perceived.items()})
+                subject = subject_tokens(sample) if grounding is not None else None
+                if subject is not None:
+                    looked = grounding.loss(is_visual, subject, inputs["labels"][0], _visual_key_bias[0])
+                    loss = loss + grounding_weight * looked
+                    grounded.append(float(looked.detach()))
                 (loss / accum).backward()
             finally:
                 _visual_key_bias[0] = None
@@ -251,7 +279,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                 rec.update({f"loss_{k}": sum(v) / len(v) for k, v in by_length.items() if v})
             if seen:
                 rec.update({f"perception_{k}": float(np.nanmean([x[k] for x in seen])) for k in seen[0]})
-            running, by_length, seen = [], {"real": [], "simulated": []}, []
+            if grounded:
+                rec["grounding_loss"] = sum(grounded) / len(grounded)
+            running, by_length, seen, grounded = [], {"real": [], "simulated": []}, [], []
             log.write(json.dumps(rec) + "\n")
             log.flush()
             tqdm.write(json.dumps(rec))
@@ -260,6 +290,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                         "sched": sched.state_dict(), "step": step + 1, "perception_level": perception_level}, ckpt)
         if snapshot_every and (step + 1) % snapshot_every == 0:
             _save_parts(adapter, model, lm, out_dir / f"vision_parts-step{step + 1}.safetensors")
+    _grounding[0] = None
     return _save_parts(adapter, model, lm, out_dir / VISION_PARTS)
 
 
@@ -293,10 +324,14 @@ if __name__ == "__main__":
     ap.add_argument("--perception-level", choices=PERCEPTION_LEVELS, default="token")
     ap.add_argument("--perception-tower-lr", type=float, default=0.0)
     ap.add_argument("--snapshot-every", type=int, default=0)
+    ap.add_argument("--grounding-weight", type=float, default=0.0)
+    ap.add_argument("--grounding-layer", type=int, default=19)
+    ap.add_argument("--grounding-head", type=int, default=1)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
                        simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr,
                        perception_weight=a.perception_weight, perception_steps=a.perception_steps,
                        perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr,
-                       snapshot_every=a.snapshot_every))
+                       snapshot_every=a.snapshot_every, grounding_weight=a.grounding_weight,
+                       grounding_layer=a.grounding_layer, grounding_head=a.grounding_head))

@@ -71,6 +71,9 @@ class Sample:
     answer_facts: list[str]
     events: list[dict]  # Event.to_dict() in time order, frames for this num_frames
     scene: Scene = field(repr=False, compare=False)
+    # index in scene.objects of the object the question is about (None: count, describe);
+    # a training label (target/grounding.py), not part of the written record
+    subject: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def visual_tokens(self) -> int:
@@ -112,7 +115,7 @@ def make_sample(split: str, index: int, num_frames: int, height: int = 112,
         id=f"{split}-{index:07d}-{num_frames}f-{height}x{width}", split=split, index=index,
         seed=seed, num_frames=num_frames, height=height, width=width, kind=kind,
         question=qa.question, answer=qa.answer, answer_facts=list(qa.facts),
-        events=[e.to_dict() for e in scene.events(num_frames)], scene=scene,
+        events=[e.to_dict() for e in scene.events(num_frames)], scene=scene, subject=qa.target,
     )
 
 
