@@ -7,7 +7,7 @@ object the question names. SparrowWorld knows which tokens those are. For questi
 object (``Sample.subject``: identify, colour, direction, recolour, first, disappear), one
 attention head of one LM layer (default layer 19, head 1: on STUDY E's candidate, a head
 already drawn to the object, 0.14 of its mass on the object's tokens against 0.37 on all
-visual tokens, the object being 11% of them) is trained to put its mass, at every position that predicts an
+visual tokens, the object being 11% of them; ``benchmarks/subject_attention.py``) is trained to put its mass, at every position that predicts an
 answer token, on the visual tokens the object covers (any temporal patch):
 ``-log(attention mass on them)``, averaged over those positions, added to the answer loss
 times ``--grounding-weight``. The head then has every reason to carry the object's features to
