@@ -82,10 +82,10 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     keep = ident >= 0  # drop slivers (IGNORE)
     tower = torch.cat(tower)
     # what the LM's residual stream starts from at a visual position, against a text token's
-    visual_norms = tower.norm(dim=-1)
+    visual_norms, text_norms = tower.norm(dim=-1), model.get_input_embeddings().weight.detach().norm(dim=-1)
     scale = {"visual_token_norm_median": round(float(visual_norms.median()), 2),
              "visual_token_norm_max": round(float(visual_norms.max()), 2),
-             "text_embedding_norm_median": round(float(model.get_input_embeddings().weight.detach().norm(dim=-1).median()), 2)}
+             "text_embedding_norm_median": round(float(text_norms.median()), 2)}
     norm = lambda x: (x - x.mean(0)) / (x.std(0) + 1e-5)  # noqa: E731
     tower, pixels = norm(tower[keep]), norm(torch.cat(pixels)[keep])
     ident, colour = ident[keep], colour[keep]

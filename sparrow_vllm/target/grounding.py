@@ -7,8 +7,9 @@ object the question names. SparrowWorld knows which tokens those are. For questi
 object (``Sample.subject``: identify, colour, direction, recolour, first, disappear), one
 attention head of one LM layer (default layer 19, head 1: on STUDY E's candidate, a head
 already drawn to the object, 0.14 of its mass on the object's tokens against 0.37 on all
-visual tokens, the object being 11% of them; ``benchmarks/subject_attention.py``) is trained to put its mass, at every position that predicts an
-answer token, on the visual tokens the object covers (any temporal patch):
+visual tokens, the object being 11% of them; ``benchmarks/subject_attention.py``) is trained
+to put its mass, at every position that predicts an answer token, on the visual tokens the
+object covers (any temporal patch):
 ``-log(attention mass on them)``, averaged over those positions, added to the answer loss
 times ``--grounding-weight``. The head then has every reason to carry the object's features to
 the answer; the tower's tokens get a reason to make the object findable. Training scaffolding:
@@ -24,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparrow_vllm.target.perception import CELL, FRAMES_PER_TOKEN, MIN_OBJECT, _object_pixels, _tracked
+from sparrow_vllm.target.perception import MIN_OBJECT, _tracked, token_cover
 
 
 def subject_tokens(sample, min_cover: float = MIN_OBJECT) -> np.ndarray | None:
@@ -33,11 +34,7 @@ def subject_tokens(sample, min_cover: float = MIN_OBJECT) -> np.ndarray | None:
     (or one never visible at this length)."""
     if sample.subject is None:
         return None
-    T, H, W, track = _tracked(sample)
-    k = sample.subject
-    cover = _object_pixels(sample.scene.objects[k], k, track, T, H, W).astype(np.float32)
-    cells = cover.reshape(T // FRAMES_PER_TOKEN, FRAMES_PER_TOKEN, H // CELL, CELL, W // CELL, CELL).mean((1, 3, 5))
-    tokens = cells.reshape(-1) >= min_cover
+    tokens = token_cover(sample, sample.subject, _tracked(sample)[3]).reshape(-1) >= min_cover
     return tokens if tokens.any() else None
 
 
@@ -76,6 +73,7 @@ class Grounding:
             scores = scores + visual_key_bias[None, :].to(scores.dtype)
         future = torch.arange(len(k), device=k.device)[None, :] > rows[:, None]
         scores = scores.masked_fill(future, float("-inf"))
-        log_mass = torch.logsumexp(scores.masked_fill(~keys[None, :], float("-inf")), -1) - torch.logsumexp(scores, -1)
+        on_subject = scores.masked_fill(~keys[None, :], float("-inf"))
+        log_mass = torch.logsumexp(on_subject, -1) - torch.logsumexp(scores, -1)
         self.query = self.key = None
         return -log_mass.mean()

@@ -57,6 +57,14 @@ def _object_pixels(obj, k: int, track: dict, T: int, H: int, W: int) -> np.ndarr
     return pixels
 
 
+def token_cover(sample, k: int, track: dict) -> np.ndarray:
+    """Float [temporal patches, rows, cols]: the share of each merged token's pixels (28x28 px x
+    2 frames) object ``k`` of ``sample`` covers (``track``: ``_tracked(sample)``'s)."""
+    T, H, W = sample.num_frames, sample.height, sample.width
+    cover = _object_pixels(sample.scene.objects[k], k, track, T, H, W).astype(np.float32)
+    return cover.reshape(T // FRAMES_PER_TOKEN, FRAMES_PER_TOKEN, H // CELL, CELL, W // CELL, CELL).mean((1, 3, 5))
+
+
 def token_labels(sample) -> tuple[np.ndarray, np.ndarray]:
     """``(identity, colour)`` int64 arrays, one entry per merged visual token of ``sample``
     (Qwen2.5-VL layout): 0 background, ``1 + IDENTITIES.index`` / ``1 + COLOURS.index`` for
@@ -108,9 +116,7 @@ def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.nda
     steps, rows, cols = T // FRAMES_PER_TOKEN, H // CELL, W // CELL
     weights, ident, colour, motion = [], [], [], []
     for k, o in enumerate(sample.scene.objects):
-        cover = _object_pixels(o, k, track, T, H, W).astype(np.float32)
-        cells = cover.reshape(steps, FRAMES_PER_TOKEN, rows, CELL, cols, CELL).sum((1, 3, 5))
-        cells /= FRAMES_PER_TOKEN * CELL * CELL
+        cells = token_cover(sample, k, track)
         for t in range(steps):
             if cells[t].sum() < min_cover:
                 continue
