@@ -203,7 +203,8 @@ def test_a_target_run_resumes_only_with_the_options_it_started_with(tmp_path):
 
 def test_a_target_run_writes_snapshots_of_its_parts(tmp_path):
     """--snapshot-every N: the parts along the run, the last one the final parts (two real steps,
-    with the grounding loss on: both clips ask about one object, so it is logged at each step)."""
+    with the grounding loss on: both clips ask about one object, so it is logged at each step);
+    the run's options are kept for a resume."""
     from safetensors.torch import load_file
 
     from sparrow_vllm.target import train_vision as tv
@@ -223,3 +224,8 @@ def test_a_target_run_writes_snapshots_of_its_parts(tmp_path):
     assert one.keys() == two.keys() == end.keys()
     assert all(torch.equal(two[k], end[k]) for k in end)
     assert any(not torch.equal(one[k], two[k]) for k in end)
+    # The checkpoint records the run's options: a resume with another grounding head or more
+    # steps (another schedule) is refused before any model is built, naming what changed.
+    with pytest.raises(ValueError, match=r"steps 2 \(now 3\), grounding_head 8 \(now 1\)"):
+        tv.train_vision(tmp_path / "run", steps=3, accum=1, simulate_tokens=0, grounding_weight=0.5,
+                        grounding_layer=4, grounding_head=1)

@@ -158,6 +158,17 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if state is not None and state.get("heads") and state.get("perception_level", "token") != perception_level:
         raise ValueError(f"{ckpt} was trained with perception level {state.get('perception_level', 'token')!r}; "
                          "resume it with the options it started with, or give another --out")
+    # What a resumed run must share with the run that wrote the checkpoint (older checkpoints
+    # lack the record and are checked by the two tests above only).
+    options = {"steps": steps, "lr": lr, "accum": accum, "seed": seed, "simulate_tokens": simulate_tokens,
+               "lora_rank": lora_rank, "lora_lr": lora_lr, "perception_weight": perception_weight,
+               "grounding_weight": grounding_weight, "grounding_layer": grounding_layer,
+               "grounding_head": grounding_head}
+    changed = {k: (v, options[k]) for k, v in (state or {}).get("options", {}).items() if options.get(k) != v}
+    if changed:
+        raise ValueError(f"{ckpt} was trained with other options: "
+                         + ", ".join(f"{k} {a} (now {b})" for k, (a, b) in changed.items())
+                         + "; resume it with the options it started with, or give another --out")
     init_parts = _load_parts(init) if init else None
     if has_lora(init_parts) and not lora_rank:
         raise ValueError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
@@ -233,7 +244,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         log.flush()
         torch.save({"visual": visual.state_dict(), "heads": heads.state_dict(), "lora": lora_parts(lm),
                     "opt": opt.state_dict(), "sched": sched.state_dict(), "step": 0,
-                    "perception_level": perception_level}, ckpt)
+                    "perception_level": perception_level, "options": options}, ckpt)
     model.train()
     running, by_length, seen, grounded = [], {"real": [], "simulated": []}, [], []
     t0 = time.time()
@@ -287,7 +298,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             tqdm.write(json.dumps(rec))
             torch.save({"visual": visual.state_dict(), "lora": lora_parts(lm), "opt": opt.state_dict(),
                         "heads": heads.state_dict() if heads is not None else None,
-                        "sched": sched.state_dict(), "step": step + 1, "perception_level": perception_level}, ckpt)
+                        "sched": sched.state_dict(), "step": step + 1, "perception_level": perception_level,
+                        "options": options}, ckpt)
         if snapshot_every and (step + 1) % snapshot_every == 0:
             _save_parts(adapter, model, lm, out_dir / f"vision_parts-step{step + 1}.safetensors")
     _grounding[0] = None
