@@ -229,3 +229,15 @@ def test_a_target_run_writes_snapshots_of_its_parts(tmp_path):
     with pytest.raises(ValueError, match=r"steps 2 \(now 3\), grounding_head 8 \(now 1\)"):
         tv.train_vision(tmp_path / "run", steps=3, accum=1, simulate_tokens=0, grounding_weight=0.5,
                         grounding_layer=4, grounding_head=1)
+
+
+def test_eval_target_sizes_its_kv_cache_by_the_run(target_dir):
+    """eval-target asks vLLM for the KV cache its run can fill (SmolLM2: 30 layers x 3 KV heads x
+    64 dims x k,v x fp32 = 46,080 bytes a token), in whole GiB, between 1 and 4."""
+    from sparrow_vllm.target.evaluate import kv_cache_gib_for
+
+    per_token = 30 * 3 * 64 * 2 * 4
+    assert kv_cache_gib_for(target_dir, 1) == 1
+    assert kv_cache_gib_for(target_dir, 2**30 // per_token) == 1
+    assert kv_cache_gib_for(target_dir, 2**30 // per_token + 1) == 2
+    assert kv_cache_gib_for(target_dir, 16 * (25_008 + 512)) == 4  # 16 videos of ~25k: capped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -34,6 +35,18 @@ def evaluate(model, processor, split: str = "test", n: int = 100, num_frames: in
     return _summary(rows, split, n, num_frames, start_index, t0, family_of(model.config))
 
 
+def kv_cache_gib_for(target, tokens: int, most: int = 4) -> int:
+    """Whole GiB of fp32 KV cache for ``tokens`` tokens of ``target``'s LM, at least 1, at most
+    ``most``: what the run can use. A fixed 6 GiB stopped vLLM at start-up on a machine whose
+    NUMA node had 5.9 GiB free after the model; long videos are scheduled into what there is."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(target).get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * 4  # k and v, fp32
+    return max(1, min(most, math.ceil(tokens * per_token / 2**30)))
+
+
 def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 16,
                   start_index: int = 0, max_num_seqs: int = 16) -> dict:
     """Same as :func:`evaluate`, through vLLM (batched; vLLM and transformers agree, tested)."""
@@ -42,11 +55,12 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
     t0 = time.time()
     family = family_of(target)
     idx = list(range(start_index, start_index + n))
+    max_model_len = family.visual_tokens(num_frames) + 512
     run = run_engine_subprocess({
         "target": str(target), "prompts": world_prompt_specs(split, idx, num_frames),
         "sampling": {"max_tokens": 48},
-        "engine": {"max_num_seqs": max_num_seqs, "max_model_len": family.visual_tokens(num_frames) + 512},
-        "kv_cache_gib": 6,
+        "engine": {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len},
+        "kv_cache_gib": kv_cache_gib_for(target, min(n, max_num_seqs) * max_model_len),
     }, timeout=4 * 3600)
     rows = []
     for i, out in zip(idx, run["outputs"]):
