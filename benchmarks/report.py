@@ -44,13 +44,25 @@ DEFAULT_ARCH = "qwen2.5-vl"
 def target(arch: str = DEFAULT_ARCH) -> str:
     """Table of the target's accuracy by video length; also writes its plot
     (``target_quality[_ARCH].png``: exact, facts and form accuracy against visual tokens)."""
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.target.build import file_sha256
+
     rows = json.loads((RESULTS / "target_quality.json").read_text())
     rows = [r for r in rows if r.get("family", DEFAULT_ARCH) == arch]
-    out = ["| split | visual tokens | samples | exact | facts | form |", "|---|---|---|---|---|---|"]
+    parts = get_family(arch).vision_parts_path()
+    current = file_sha256(parts) if parts.exists() else None
+    stale = [r for r in rows if r.get("target_stamp", {}).get("vision_parts_sha256", current) != current]
+    rows = [r for r in rows if r not in stale]
+    out = ["| split | visual tokens | samples | exact | facts | form | answered by |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
         form = f"{r['form_accuracy']:.0%}" if "form_accuracy" in r else "-"
         out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {r['exact_accuracy']:.0%} "
-                   f"| {r['facts_accuracy']:.0%} | {form} |")
+                   f"| {r['facts_accuracy']:.0%} | {form} | {r.get('engine', 'vllm')} |")
+    if stale:
+        lengths = ", ".join(f"{r['visual_tokens']:,}" for r in stale)
+        out.append(f"\n({len(stale)} rows measured on other vision parts than the committed ones left out: "
+                   f"{lengths} visual tokens)")
     _plot_target(rows, _results("target_quality", arch).with_suffix(".png"), arch)
     return "\n".join(out)
 

@@ -297,3 +297,34 @@ def test_repeated_answers_are_forced_and_labelled_by_the_target(target_dir, targ
         run_eval(target, draft, data, [1], progress=False)
     with pytest.raises(ValueError, match="repeat_answers=0"):
         spec(repeat_answers=0)
+
+
+def test_eval_target_scores_the_answers_a_dataset_stores(target, full_data):
+    """`sparrow eval-target --from-data`: the stored responses, decoded, are the target's own
+    greedy answers (transformers, same cap and stop tokens), scored as eval-target scores them;
+    answers cut at the cap are counted."""
+    from sparrow_vllm.families import family_of
+    from sparrow_vllm.target.evaluate import evaluate_data
+    from sparrow_vllm.world import make_sample, score_answer
+
+    report = evaluate_data(full_data)
+    family = family_of(target)
+    model, processor = family.load_hf(target), family.load_processor(target)
+    tok = processor.tokenizer
+    eos = family.eos_token_ids(tok)  # what `sparrow data` stops on
+    if model.generation_config.eos_token_id is not None:
+        e = model.generation_config.eos_token_id
+        eos += e if isinstance(e, list) else [e]
+    assert report["n"] == len(report["rows"]) == 5 and report["max_new_tokens"] == 4
+    capped = 0
+    for i, row in enumerate(report["rows"]):
+        s = make_sample("train", i, FRAMES)
+        inputs = family.hf_inputs(processor, s.frames(), s.question)
+        family.before_generate(model)
+        new = model.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=eos,
+                             pad_token_id=eos[0])[0, inputs["input_ids"].shape[1]:].tolist()
+        capped += len(new) == 4 and not set(new) & set(eos)
+        assert row["id"] == s.id
+        assert row["answer"] == tok.decode(new, skip_special_tokens=True).strip()
+        assert row["exact"] == score_answer(s, row["answer"], "exact")
+    assert report["answers_at_token_cap"] == capped

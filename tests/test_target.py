@@ -191,6 +191,27 @@ def test_build_target_with_other_vision_parts_needs_an_out_dir(tmp_path, capsys)
         main(["build-target", "--vision-parts", str(tmp_path / "parts.safetensors"), "--out", str(tmp_path / "t")])
 
 
+def test_pack_parts_stores_float16_that_builds_in_float32(tmp_path):
+    """`sparrow pack-parts`: a train-target output (fp32) in float16, half the bytes; the committed
+    parts are such a file (packing their fp32 values again gives the same bytes), and every
+    tensor is loaded back as fp32 for the assembly."""
+    from safetensors.torch import load_file, save_file
+
+    from sparrow_vllm.cli import main
+
+    committed = qwen_build.ASSETS_DIR / qwen_build.VISION_PARTS
+    stored = load_file(str(committed))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    loaded = qwen_build.load_vision_parts()
+    assert all(v.dtype == torch.float32 and torch.equal(v, stored[k].float()) for k, v in loaded.items())
+    save_file(loaded, str(tmp_path / "fp32.safetensors"))
+    main(["pack-parts", str(tmp_path / "fp32.safetensors"), str(tmp_path / "packed.safetensors")])
+    assert (tmp_path / "packed.safetensors").read_bytes() == committed.read_bytes()
+    assert (tmp_path / "packed.safetensors").stat().st_size < 0.51 * (tmp_path / "fp32.safetensors").stat().st_size
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["pack-parts", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")])
+
+
 def test_a_target_run_resumes_only_with_the_options_it_started_with(tmp_path):
     from sparrow_vllm.target.train_vision import train_vision
 

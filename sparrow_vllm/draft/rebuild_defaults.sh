@@ -32,9 +32,6 @@ for spec in $LONG; do  # name:n:start:visual tokens:shard size (seeds apart from
   log "data $name"; $S data --target "$T" --out "$R/data/$name" --split train --n "$n" --start "$start" --visual-tokens "$vt" --all-positions --layers 2,15,27 --shard-size "$shard" --threads 2 > "$R/logs/data_$name.log" 2>&1
   MIX="$MIX $R/data/$name"
 done
-TR="--data $MIX --val-data $R/data/val --steps 800 --seed 0 --mtp-depth 5 --eval-every 200 --ckpt-every 200 --resume --threads 2"
-log "train sparrow"; $S train $TR --out "$R/$SP" --recipe sparrow --anchor-layers 15 --window 128 > "$R/logs/train_sparrow.log" 2>&1
-log "train eagle3";  $S train $TR --out "$R/$EA" --recipe eagle3 --anchor-layers 2,15,27 > "$R/logs/train_eagle3.log" 2>&1
 for v in $SIZES; do  # test videos: n, visual tokens, shard size, layers
   case $v in
     1k) args="--n 16 --visual-tokens 1024 --shard-size 8 --layers $L" ;;
@@ -43,7 +40,11 @@ for v in $SIZES; do  # test videos: n, visual tokens, shard size, layers
   esac
   log "data test$v"; $S data --target "$T" --out "$R/data/test$v" --split test $args --all-positions --threads 2 > "$R/logs/data_test$v.log" 2>&1
 done
+# Sparrow first, evaluated and copied before the EAGLE-3 baseline (~1 h of training here) starts.
+TR="--data $MIX --val-data $R/data/val --steps 800 --seed 0 --mtp-depth 5 --eval-every 200 --ckpt-every 200 --resume --threads 2"
 for d in $SP $EA; do
+  if [ "$d" = "$SP" ]; then recipe="--recipe sparrow --anchor-layers 15 --window 128"; else recipe="--recipe eagle3 --anchor-layers 2,15,27"; fi
+  log "train $d"; $S train $TR --out "$R/$d" $recipe > "$R/logs/train_$d.log" 2>&1
   for v in $SIZES; do
     log "eval $d $v"; $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test$v" --k 1 3 5 --threads 2 --out "$R/eval/$d.$v.json" > "$R/logs/eval_$d.$v.log" 2>&1
   done

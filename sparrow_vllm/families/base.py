@@ -112,3 +112,7 @@ class FamilyAdapter:
     def build_target(self, out_dir: Path | None = None, force: bool = False,
                      vision_parts: Path | None = None) -> Path:
         raise NotImplementedError
+
+    def vision_parts_path(self) -> Path:
+        """Where the committed vision parts of the embedded target live."""
+        raise NotImplementedError

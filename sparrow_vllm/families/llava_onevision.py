@@ -80,3 +80,8 @@ class LlavaOneVisionAdapter(FamilyAdapter):
         from sparrow_vllm.target.llava_onevision import build_target
 
         return build_target(out_dir, force=force, vision_parts_path=vision_parts)
+
+    def vision_parts_path(self) -> Path:
+        from sparrow_vllm.target.llava_onevision import ASSETS_DIR, VISION_PARTS
+
+        return ASSETS_DIR / VISION_PARTS

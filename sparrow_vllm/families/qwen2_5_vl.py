@@ -88,3 +88,8 @@ class Qwen25VLAdapter(FamilyAdapter):
         from sparrow_vllm.target.build import build_target
 
         return build_target(out_dir, force=force, vision_parts_path=vision_parts)
+
+    def vision_parts_path(self) -> Path:
+        from sparrow_vllm.target.build import ASSETS_DIR, VISION_PARTS
+
+        return ASSETS_DIR / VISION_PARTS

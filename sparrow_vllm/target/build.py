@@ -79,7 +79,7 @@ def load_vision_parts(path: Path | None = None) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(
             f"{path} is missing: train it with `sparrow train-target` (see README)."
         )
-    return load_file(str(path))
+    return {k: v.float() for k, v in load_file(str(path)).items()}  # stored fp32 or fp16
 
 
 BUILDER_VERSION = 2  # bump when the assembly itself changes

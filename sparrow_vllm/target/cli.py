@@ -24,6 +24,15 @@ def add_parser(subparsers) -> None:
                         "output; give --out too, so the default target is not replaced)")
     p.set_defaults(run=run_build)
 
+    k = subparsers.add_parser(
+        "pack-parts", help="store trained vision parts in float16 (how the committed parts are kept)",
+        description="Write a `sparrow train-target` output (vision tower, new token rows, LoRA factors) "
+                    "in float16: half the bytes, for committing. `sparrow build-target` reads either "
+                    "and assembles in fp32.")
+    k.add_argument("src", type=Path, help="vision parts written by `sparrow train-target` (fp32)")
+    k.add_argument("dst", type=Path, help="where to write the float16 copy")
+    k.set_defaults(run=run_pack)
+
     t = subparsers.add_parser("train-target", help="train the target's vision tower on SparrowWorld (once; ~40 min)")
     _add_arch(t)
     t.add_argument("--out", type=Path, default=None, help="default runs/target (qwen2.5-vl), runs/target-<arch>")
@@ -68,6 +77,9 @@ def add_parser(subparsers) -> None:
     e.add_argument("--target", type=Path, default=None, help="a target dir (default: the embedded one of --arch)")
     e.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
     e.add_argument("--out", type=Path, default=Path("benchmarks/results/target_quality.json"))
+    e.add_argument("--from-data", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="score the answers stored in `sparrow data` sets instead of running the target "
+                        "(their own samples and lengths; --n/--frames/--engine do not apply)")
     e.set_defaults(run=run_eval)
 
 
@@ -91,6 +103,21 @@ def run_build(args) -> int:
     return 0
 
 
+def run_pack(args) -> int:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if not args.src.is_file():
+        raise SystemExit(f"sparrow pack-parts: {args.src}: no such file")
+    parts = load_file(str(args.src))
+    if not parts or any(not v.is_floating_point() for v in parts.values()):
+        raise SystemExit(f"sparrow pack-parts: {args.src} does not hold trained parts (float tensors)")
+    args.dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file({n: v.to(torch.float16).contiguous() for n, v in sorted(parts.items())}, str(args.dst))
+    print(f"{args.dst}: {len(parts)} tensors, {args.dst.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
 def run_train(args) -> int:
     from sparrow_vllm.target.train_vision import train_vision
 
@@ -109,8 +136,14 @@ def run_eval(args) -> int:
     import torch
 
     from sparrow_vllm.families import family_of, get_family
-    from sparrow_vllm.target.evaluate import evaluate, evaluate_vllm, write_report
+    from sparrow_vllm.target.evaluate import evaluate, evaluate_data, evaluate_vllm, write_report
 
+    if args.from_data is not None:
+        results = [evaluate_data(d, args.target) for d in args.from_data]
+        for r in results:
+            print(json.dumps({k: v for k, v in r.items() if k != "rows"}))
+        write_report(results, args.out)
+        return 0
     torch.set_flush_denormal(True)
     target = get_family(args.arch).build_target() if args.target is None else args.target
     if args.engine == "transformers":

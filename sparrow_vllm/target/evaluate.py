@@ -32,7 +32,7 @@ def evaluate(model, processor, split: str = "test", n: int = 100, num_frames: in
         s = make_sample(split, i, num_frames)
         answer = generate_answer(model, processor, s.frames(), s.question)
         rows.append(_scored_row(s, answer))
-    return _summary(rows, split, n, num_frames, start_index, t0, family_of(model.config))
+    return _summary(rows, split, n, num_frames, start_index, t0, family_of(model.config)) | {"engine": "transformers"}
 
 
 def kv_cache_gib_for(target, tokens: int, most: int = 4) -> int:
@@ -67,11 +67,51 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
         s = make_sample(split, i, num_frames)
         answer = out["text"].strip()
         rows.append(_scored_row(s, answer))
-    summary = _summary(rows, split, n, num_frames, start_index, t0, family)
-    stamp = Path(target) / "sparrow_target.json"  # an embedded target's build (which vision parts)
-    if stamp.exists():
-        summary["target_stamp"] = json.loads(stamp.read_text())
-    return summary
+    return _summary(rows, split, n, num_frames, start_index, t0, family) | {"engine": "vllm"} | _stamp(target)
+
+
+def _stamp(target) -> dict:
+    """An embedded target's build record (which vision parts it holds), if it is one."""
+    stamp = Path(target) / "sparrow_target.json"
+    return {"target_stamp": json.loads(stamp.read_text())} if stamp.exists() else {}
+
+
+def evaluate_data(data_dir, target=None) -> dict:
+    """Score the target's greedy answers that a `sparrow data` set stores (its self-distilled
+    responses), without running a model: the same samples, rows and summary as
+    :func:`evaluate`. A draft's test set at ~25k visual tokens thereby reports what the target
+    answered there for free. ``target``: where to read the tokenizer (default: the path the
+    manifest recorded). Answers are capped at the data's ``max_new_tokens`` (eval-target: 48)."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from sparrow_vllm.draft.data import load_manifest
+
+    t0 = time.time()
+    manifest = load_manifest(data_dir)
+    st = manifest["settings"]
+    if st.get("repeat_answers", 1) > 1:
+        raise ValueError(f"{data_dir} stores repeated answers (--repeat-answers): not the target's own answers")
+    target = Path(target or manifest["target"]["path"])
+    if not (target / "config.json").is_file():
+        raise FileNotFoundError(f"{target}: the target of {data_dir} is not there; pass its directory")
+    family = family_of(target)
+    tok = AutoTokenizer.from_pretrained(str(target))
+    rows, capped = [], 0
+    for k in sorted(manifest["shards"], key=int):
+        shard = manifest["shards"][k]
+        with safe_open(str(Path(data_dir) / shard["file"]), "pt") as f:
+            ids, offsets, starts = f.get_tensor("ids"), f.get_tensor("offsets"), f.get_tensor("response_start")
+        for j, sid in enumerate(shard["samples"]):
+            s = make_sample(st["split"], st["start"] + int(k) * st["shard_size"] + j, st["num_frames"])
+            if s.id != sid:
+                raise ValueError(f"{data_dir}: shard {k} sample {j} is {sid}, expected {s.id}")
+            response = ids[offsets[j] + starts[j]:offsets[j + 1]].tolist()
+            capped += len(response) >= st["max_new_tokens"] and not set(response) & set(family.eos_token_ids(tok))
+            rows.append(_scored_row(s, tok.decode(response, skip_special_tokens=True).strip()))
+    return (_summary(rows, st["split"], len(rows), st["num_frames"], st["start"], t0, family)
+            | {"engine": "transformers (stored by sparrow data)", "source": str(data_dir),
+               "max_new_tokens": st["max_new_tokens"], "answers_at_token_cap": int(capped)} | _stamp(target))
 
 
 def _scored_row(s, answer: str) -> dict:

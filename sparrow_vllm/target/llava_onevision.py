@@ -266,7 +266,7 @@ def load_vision_parts(path: Path | None = None) -> dict[str, torch.Tensor]:
             f"{path} is missing: the LLaVA-OV target's vision parts are not trained yet. Train them "
             f"with `{TRAIN_COMMAND}` and copy runs/target-llava/{VISION_PARTS} to {ASSETS_DIR}/."
         )
-    return load_file(str(path))
+    return {k: v.float() for k, v in load_file(str(path)).items()}  # stored fp32 or fp16
 
 
 BUILDER_VERSION = 1  # bump when the assembly itself changes
