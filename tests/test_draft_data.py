@@ -299,7 +299,7 @@ def test_repeated_answers_are_forced_and_labelled_by_the_target(target_dir, targ
         spec(repeat_answers=0)
 
 
-def test_eval_target_scores_the_answers_a_dataset_stores(target, full_data):
+def test_eval_target_scores_the_answers_a_dataset_stores(target, full_data, tmp_path):
     """`sparrow eval-target --from-data`: the stored responses, decoded, are the target's own
     greedy answers (transformers, same cap and stop tokens), scored as eval-target scores them;
     answers cut at the cap are counted."""
@@ -328,3 +328,5 @@ def test_eval_target_scores_the_answers_a_dataset_stores(target, full_data):
         assert row["answer"] == tok.decode(new, skip_special_tokens=True).strip()
         assert row["exact"] == score_answer(s, row["answer"], "exact")
     assert report["answers_at_token_cap"] == capped
+    with pytest.raises(ValueError, match="not the target that answered"):
+        evaluate_data(full_data, target=write_tiny_target(tmp_path / "other", 1))

@@ -85,7 +85,7 @@ def evaluate_data(data_dir, target=None) -> dict:
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
-    from sparrow_vllm.draft.data import load_manifest
+    from sparrow_vllm.draft.data import load_manifest, target_fingerprint
 
     t0 = time.time()
     manifest = load_manifest(data_dir)
@@ -95,6 +95,9 @@ def evaluate_data(data_dir, target=None) -> dict:
     target = Path(target or manifest["target"]["path"])
     if not (target / "config.json").is_file():
         raise FileNotFoundError(f"{target}: the target of {data_dir} is not there; pass its directory")
+    if target_fingerprint(target) != manifest["target"]["fingerprint"]:
+        raise ValueError(f"{target} is not the target that answered in {data_dir} (its weights changed since: "
+                         "rebuilt from other vision parts?); pass that target's directory")
     family = family_of(target)
     tok = AutoTokenizer.from_pretrained(str(target))
     rows, capped = [], 0
