@@ -100,6 +100,7 @@ def evaluate_data(data_dir, target=None) -> dict:
                          "rebuilt from other vision parts?); pass that target's directory")
     family = family_of(target)
     tok = AutoTokenizer.from_pretrained(str(target))
+    stops = set(family.eos_token_ids(tok))
     rows, capped = [], 0
     for k in sorted(manifest["shards"], key=int):
         shard = manifest["shards"][k]
@@ -110,7 +111,7 @@ def evaluate_data(data_dir, target=None) -> dict:
             if s.id != sid:
                 raise ValueError(f"{data_dir}: shard {k} sample {j} is {sid}, expected {s.id}")
             response = ids[offsets[j] + starts[j]:offsets[j + 1]].tolist()
-            capped += len(response) >= st["max_new_tokens"] and not set(response) & set(family.eos_token_ids(tok))
+            capped += len(response) >= st["max_new_tokens"] and not set(response) & stops
             rows.append(_scored_row(s, tok.decode(response, skip_special_tokens=True).strip()))
     return (_summary(rows, st["split"], len(rows), st["num_frames"], st["start"], t0, family)
             | {"engine": "transformers (stored by sparrow data)", "source": str(data_dir),
