@@ -142,6 +142,13 @@ def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recip
     wa = load_file(str(tmp_path / "a" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # re-running a finished run re-exports it unchanged: the final validation is not lost
+    final = json.loads((tmp_path / "b" / "training.json").read_text())["final"]
+    assert "acc@1" in final
+    train(_train_args(full_data, tmp_path / "b", recipe=recipe, anchor_layers=anchors, resume=True),
+          log=lambda *_: None)
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["final"] == final
+    assert torch.equal(load_file(str(tmp_path / "b" / "model.safetensors"))[next(iter(wb))], wb[next(iter(wb))])
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["speculators_model_type"] == recipe and cfg["eagle_aux_hidden_state_layer_ids"] == anchors
     log = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]

@@ -356,7 +356,7 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
             return a.lr * (step + 1) / a.warmup
         return a.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))))
 
-    step = 0
+    step, metrics = 0, {}
     st = ckpt.load()
     if st is not None:
         if st["config"] != cfg.to_speculators_dict():
@@ -365,6 +365,7 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
         opt.load_state_dict(st["opt"])
         step = st["step"]
         torch.set_rng_state(st["rng"])
+        metrics = st.get("metrics", {})  # the last validation: a finished run re-exports it
         log(f"resumed from {ckpt} at step {step}")
     sources = [s["source"] for s in seqs]
     sizes = [len(b) for b in epoch_batches(sources, a.batch_size, a.seed, 0)]  # the same every epoch
@@ -383,7 +384,6 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
     bar = tqdm(total=a.steps, initial=step, desc=f"train {a.recipe}", disable=not a.progress or rank != 0)
     model.train()
     t0, run_loss = time.time(), []
-    metrics = {}
     while step < a.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -423,12 +423,14 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
             bar.write(json.dumps(rec))
         if step % a.ckpt_every == 0 or last or step == a.stop_after:
             ckpt.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                       "rng": torch.get_rng_state(), "config": cfg.to_speculators_dict()},
+                       "rng": torch.get_rng_state(), "config": cfg.to_speculators_dict(), "metrics": metrics},
                       {"step": step, "loss": run_loss[-1]})
         if a.stop_after is not None and step >= a.stop_after and not last:
             bar.close()
             return step, metrics, False
     bar.close()
+    if rank == 0 and run.val_seqs and not metrics:  # a finished run's checkpoint from before metrics were kept
+        metrics = evaluate_acc(model, run.val_seqs, a.mtp_depth, t2d_table)
     return step, metrics, True
 
 
