@@ -252,6 +252,8 @@ def reliability() -> str:
 
 
 if __name__ == "__main__":
-    print({"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
-           "serve": serve, "reliability": reliability,
-           "per_video": per_video}[sys.argv[1]](*sys.argv[2:]))
+    tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
+              "serve": serve, "reliability": reliability, "per_video": per_video}
+    if len(sys.argv) < 2 or sys.argv[1] not in tables:
+        sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
+    print(tables[sys.argv[1]](*sys.argv[2:]))
