@@ -67,6 +67,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--grounding-head", type=int, default=1,
                    help="that head (default L19 H1: on target/STUDY.md E's candidate, a head already drawn "
                         "to the object)")
+    t.add_argument("--questions-per-clip", type=int, default=1,
+                   help="train on up to this many questions about each clip in one forward: its own and one of "
+                        "each other kind its scene answers, each seeing only the video (target/packing.py)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -128,7 +131,8 @@ def run_train(args) -> int:
                        perception_steps=args.perception_steps,
                        perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
                        snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
-                       grounding_layer=args.grounding_layer, grounding_head=args.grounding_head))
+                       grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
+                       questions_per_clip=args.questions_per_clip))
     return 0
 
 

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from sparrow_vllm.target.config import PERCEPTION_LEVELS
+from sparrow_vllm.target.packing import clip_questions, pack_questions
 from sparrow_vllm.world import make_sample
 
 VISION_PARTS = "vision_parts.safetensors"
@@ -55,23 +56,34 @@ def _load_parts(path: Path) -> dict[str, torch.Tensor]:
 _visual_key_bias: list[torch.Tensor | None] = [None]
 # The grounding loss's capture (target/grounding.py) while train_vision runs with it, else None.
 _grounding: list = [None]
+# The packed questions' block of each position of the current forward ([T] long; 0 = the
+# shared prefix; target/packing.py) or None; set by train_vision.
+_key_blocks: list[torch.Tensor | None] = [None]
 
 
-def long_video_attention(module, query, key, value, attention_mask, visual_key_bias=None, **kwargs):
+def long_video_attention(module, query, key, value, attention_mask, visual_key_bias=None, blocks=None, **kwargs):
     """transformers' SDPA attention with ``visual_key_bias [T_k]`` (``log m`` at visual keys,
     0 elsewhere) added to every logit: the same output as attention over ``m`` copies of each
-    visual key/value. Causal; for training forwards (no padding, ``T_q == T_k``)."""
+    visual key/value. ``blocks [T_k]``: a position of block ``j > 0`` attends to block 0 (the
+    shared prefix) and to block ``j`` only (packed questions). Causal; for training forwards
+    (no padding, ``T_q == T_k``)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if _grounding[0] is not None:
         _grounding[0].capture(module, query, key)
     bias = visual_key_bias if visual_key_bias is not None else _visual_key_bias[0]
-    if bias is None:
+    blocks = blocks if blocks is not None else _key_blocks[0]
+    if bias is None and blocks is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.dtype == torch.bool and not attention_mask.all():
         raise ValueError("long-video simulation trains on unpadded single sequences")
     q_len, k_len = query.shape[2], key.shape[2]
     causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    if blocks is not None:
+        bq, bk = blocks[k_len - q_len:k_len].to(query.device), blocks[:k_len].to(query.device)
+        causal &= (bk[None, :] == 0) | (bk[None, :] == bq[:, None])
+    if bias is None:
+        bias = torch.zeros(k_len, device=query.device)
     mask = torch.where(causal, bias[:k_len].to(query.dtype)[None, :],
                        torch.tensor(float("-inf"), dtype=query.dtype, device=query.device))
     kwargs.pop("is_causal", None)
@@ -107,7 +119,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
                  perception_level: str = "token", perception_tower_lr: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
-                 grounding_head: int = 1) -> Path:
+                 grounding_head: int = 1, questions_per_clip: int = 1) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
@@ -127,7 +139,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     them), to measure answers along the run without pausing it (0: only the final parts).
     ``grounding_weight``: add this times the attention loss of ``target/grounding.py`` (head
     ``grounding_head`` of LM layer ``grounding_layer`` looks at the object the question is about)
-    to the LM loss."""
+    to the LM loss. ``questions_per_clip``: train on up to this many questions about each clip in
+    one forward (the clip's own and one of each other kind its scene answers, each seeing only
+    the video and itself: ``target/packing.py``; 1: the clip's own question only)."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -145,6 +159,11 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
     if grounding_weight < 0:
         raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}")
+    if questions_per_clip < 1:
+        raise ValueError(f"questions_per_clip must be >= 1, got {questions_per_clip}")
+    if questions_per_clip > 1 and (adapter.name != "qwen2.5-vl" or grounding_weight):
+        raise ValueError("questions_per_clip > 1 packs Qwen2.5-VL prompts and does not combine with the grounding "
+                         "loss (it reads one question's answer)")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
@@ -163,7 +182,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     options = {"steps": steps, "lr": lr, "accum": accum, "seed": seed, "simulate_tokens": simulate_tokens,
                "lora_rank": lora_rank, "lora_lr": lora_lr, "perception_weight": perception_weight,
                "grounding_weight": grounding_weight, "grounding_layer": grounding_layer,
-               "grounding_head": grounding_head}
+               "grounding_head": grounding_head, "questions_per_clip": questions_per_clip}
     changed = {k: (v, options[k]) for k, v in (state or {}).get("options", {}).items() if options.get(k) != v}
     if changed:
         raise ValueError(f"{ckpt} was trained with other options: "
@@ -213,7 +232,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         if not 0 <= grounding_head < text.num_attention_heads:
             raise ValueError(f"grounding_head must be in [0, {text.num_attention_heads}), got {grounding_head}")
         grounding = Grounding(grounding_layer, grounding_head)
-    if simulate_tokens or grounding is not None:
+    if simulate_tokens or grounding is not None or questions_per_clip > 1:
         use_long_video_attention(adapter.text_config(model.config))
     opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
     sched = cosine_with_warmup(opt, steps, warmup=max(1, steps // 20))
@@ -257,13 +276,17 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             idx = (step * accum + micro + (100_000 if init else 0) + seed * 200_000) % 900_000
             sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
+            extra = {}
+            if questions_per_clip > 1:
+                inputs, extra["position_ids"], _key_blocks[0] = pack_questions(
+                    model, processor, inputs, clip_questions(sample, questions_per_clip))
             m = 1.0
             is_visual = torch.isin(inputs["input_ids"][0], visual_ids)
             if simulate_tokens:
                 m = simulated_repeats(rng, int(is_visual.sum()), simulate_tokens)
                 _visual_key_bias[0] = is_visual.float() * math.log(m)
             try:
-                out = model(**inputs)
+                out = model(**inputs, **extra)
                 loss = out.loss
                 if heads is not None:
                     perceived = heads(captured[0], labels_of(sample))
@@ -276,7 +299,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                     grounded.append(float(looked.detach()))
                 (loss / accum).backward()
             finally:
-                _visual_key_bias[0] = None
+                _visual_key_bias[0] = _key_blocks[0] = None
             loss_sum += out.loss.item() / accum
             by_length["real" if m == 1.0 else "simulated"].append(out.loss.item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -339,6 +362,7 @@ if __name__ == "__main__":
     ap.add_argument("--grounding-weight", type=float, default=0.0)
     ap.add_argument("--grounding-layer", type=int, default=19)
     ap.add_argument("--grounding-head", type=int, default=1)
+    ap.add_argument("--questions-per-clip", type=int, default=1)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
@@ -346,4 +370,5 @@ if __name__ == "__main__":
                        perception_weight=a.perception_weight, perception_steps=a.perception_steps,
                        perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr,
                        snapshot_every=a.snapshot_every, grounding_weight=a.grounding_weight,
-                       grounding_layer=a.grounding_layer, grounding_head=a.grounding_head))
+                       grounding_layer=a.grounding_layer, grounding_head=a.grounding_head,
+                       questions_per_clip=a.questions_per_clip))

@@ -1,0 +1,73 @@
+"""Several questions about one clip in one training forward (Qwen2.5-VL).
+
+An LM step of the target's training costs one forward and backward of the 135M LM over the
+clip's visual tokens plus one question; the answer's few fact words are all it learns from.
+Packing puts the other questions the clip can answer after the first one, each in its own
+block: a block attends to the shared prefix (system prompt and video) and to itself only, and
+its positions restart where the first question's do. Each block then sees exactly what the
+single-turn prompt of its question sees (no answer can read another's), so the packed loss is
+the loss of the separate samples; the video is encoded and read once for all of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sparrow_vllm.target.prompt import prompt_text
+from sparrow_vllm.world.qa import QUESTION_KINDS, make_qa
+
+VISION_END = "<|vision_end|>"
+
+
+def clip_questions(sample, n: int) -> list[tuple[str, str]]:
+    """Up to ``n - 1`` more (question, answer) pairs about ``sample``'s scene, one per other
+    question kind the scene can answer, in a seeded random order (the same for a sample)."""
+    rng = np.random.default_rng([sample.seed, 7])
+    kinds = [k for k in QUESTION_KINDS if k != sample.kind]
+    qas = [(qa.question, qa.answer) for k in kinds if (qa := make_qa(sample.scene, k, rng)) is not None]
+    order = rng.permutation(len(qas))
+    return [qas[i] for i in order[:max(0, n - 1)]]
+
+
+def _suffix_ids(processor, question: str) -> list[int]:
+    """The prompt's tokens after the video (the question and the assistant's turn header)."""
+    ids = processor.tokenizer(prompt_text(processor, question), add_special_tokens=False)["input_ids"]
+    end = processor.tokenizer.convert_tokens_to_ids(VISION_END)
+    if ids.count(end) != 1:
+        raise ValueError(f"expected one {VISION_END} in the prompt of {question!r}")
+    return ids[ids.index(end) + 1:]
+
+
+def pack_questions(model, processor, inputs, qas: list[tuple[str, str]]):
+    """``(inputs, position_ids [3, 1, L], blocks [L])``: ``inputs`` of one clip and its first
+    question with ``labels`` (``hf_inputs``), extended by a block per pair of ``qas``.
+    ``blocks`` is 0 on the shared prefix, ``j`` on the ``j``-th question's block; the attention
+    must let a block see the prefix and itself only (``train_vision.long_video_attention``)."""
+    tokenizer = processor.tokenizer
+    ids, labels = inputs["input_ids"][0], inputs["labels"][0]
+    end = tokenizer.convert_tokens_to_ids(VISION_END)
+    prefix = int((ids == end).nonzero()[-1]) + 1
+    position_ids, _ = model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
+        second_per_grid_ts=inputs.get("second_per_grid_ts"), attention_mask=inputs["attention_mask"])
+    first = position_ids[:, :, prefix:prefix + 1]  # text after the video: three equal components
+    all_ids, all_labels, all_pos = [ids], [labels], [position_ids]
+    blocks = [torch.zeros(prefix, dtype=torch.long), torch.ones(len(ids) - prefix, dtype=torch.long)]
+    for j, (question, answer) in enumerate(qas, 2):
+        asked = torch.tensor(_suffix_ids(processor, question))
+        said = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        n = len(asked) + len(said)
+        all_ids.append(torch.cat([asked, said]))
+        all_labels.append(torch.cat([torch.full_like(asked, -100), said]))
+        all_pos.append(first + torch.arange(n)[None, None])
+        blocks.append(torch.full((n,), j, dtype=torch.long))
+    packed = dict(inputs)
+    packed["input_ids"] = torch.cat(all_ids)[None]
+    packed["labels"] = torch.cat(all_labels)[None]
+    packed["attention_mask"] = torch.ones_like(packed["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        tail = packed["input_ids"].shape[1] - len(ids)
+        packed["mm_token_type_ids"] = torch.cat(
+            [inputs["mm_token_type_ids"], torch.zeros(1, tail, dtype=inputs["mm_token_type_ids"].dtype)], 1)
+    return packed, torch.cat(all_pos, 2), torch.cat(blocks)
