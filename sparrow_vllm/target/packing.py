@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparrow_vllm.target.prompt import prompt_text
+from sparrow_vllm.target.prompt import answer_ids, append_tokens, prompt_text
 from sparrow_vllm.world.qa import QUESTION_KINDS, make_qa
 
 VISION_END = "<|vision_end|>"
@@ -56,18 +56,12 @@ def pack_questions(model, processor, inputs, qas: list[tuple[str, str]]):
     blocks = [torch.zeros(prefix, dtype=torch.long), torch.ones(len(ids) - prefix, dtype=torch.long)]
     for j, (question, answer) in enumerate(qas, 2):
         asked = torch.tensor(_suffix_ids(processor, question))
-        said = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        said = answer_ids(tokenizer, answer)[0]
         n = len(asked) + len(said)
         all_ids.append(torch.cat([asked, said]))
         all_labels.append(torch.cat([torch.full_like(asked, -100), said]))
         all_pos.append(first + torch.arange(n)[None, None])
         blocks.append(torch.full((n,), j, dtype=torch.long))
-    packed = dict(inputs)
-    packed["input_ids"] = torch.cat(all_ids)[None]
+    packed = append_tokens(dict(inputs), torch.cat(all_ids)[len(ids):][None])  # the blocks after the first
     packed["labels"] = torch.cat(all_labels)[None]
-    packed["attention_mask"] = torch.ones_like(packed["input_ids"])
-    if "mm_token_type_ids" in inputs:
-        tail = packed["input_ids"].shape[1] - len(ids)
-        packed["mm_token_type_ids"] = torch.cat(
-            [inputs["mm_token_type_ids"], torch.zeros(1, tail, dtype=inputs["mm_token_type_ids"].dtype)], 1)
     return packed, torch.cat(all_pos, 2), torch.cat(blocks)

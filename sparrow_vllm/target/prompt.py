@@ -51,11 +51,17 @@ def append_answer(inputs, tokenizer, answer: str | None):
 
     if answer is None:
         return inputs
-    ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = answer_ids(tokenizer, answer)
     prompt_ids = inputs["input_ids"]
     inputs = append_tokens(inputs, ids)
     inputs["labels"] = torch.cat([torch.full_like(prompt_ids, -100), ids], 1)
     return inputs
+
+
+def answer_ids(tokenizer, answer: str):
+    """``[1, n]`` token ids of an answer and its ``<|im_end|>``, tokenized on its own, exactly as
+    generation produces it."""
+    return tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
 
 
 def append_tokens(inputs, ids):
