@@ -41,6 +41,11 @@ def _results(name: str, arch: str) -> Path:
 DEFAULT_ARCH = "qwen2.5-vl"
 
 
+def _pct(x: float) -> str:
+    """A share as a percentage to one decimal, without a trailing ``.0`` (0.805 -> 80.5%)."""
+    return f"{100 * x:.1f}".removesuffix(".0") + "%"
+
+
 def target(arch: str = DEFAULT_ARCH) -> str:
     """Table of the target's accuracy by video length; also writes its plot
     (``target_quality[_ARCH].png``: exact, facts and form accuracy against visual tokens)."""
@@ -56,9 +61,9 @@ def target(arch: str = DEFAULT_ARCH) -> str:
     out = ["| split | visual tokens | samples | exact | facts | form | answered by |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        form = f"{r['form_accuracy']:.0%}" if "form_accuracy" in r else "-"
-        out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {r['exact_accuracy']:.0%} "
-                   f"| {r['facts_accuracy']:.0%} | {form} | {r.get('engine', 'vllm')} |")
+        form = _pct(r["form_accuracy"]) if "form_accuracy" in r else "-"
+        out.append(f"| {r['split']} | {r['visual_tokens']:,} | {r['n']} | {_pct(r['exact_accuracy'])} "
+                   f"| {_pct(r['facts_accuracy'])} | {form} | {r.get('engine', 'vllm')} |")
     if stale:
         lengths = ", ".join(f"{r['visual_tokens']:,}" for r in stale)
         out.append(f"\n({len(stale)} rows measured on other vision parts than the committed ones left out: "
