@@ -9,7 +9,10 @@ setup(
     name="sparrow-vllm",
     version="0.1.0",
     description="Sparrow speculative decoding for Video LLMs, as a vLLM plugin",
-    packages=find_packages(include=["sparrow_vllm", "sparrow_vllm.*", "kernels", "kernels.*"]),
+    # kernels/ (Triton kernels beside their torch twins) installs as `sparrow_kernels`: a
+    # top-level `kernels` would clash with the PyPI package of that name (Hugging Face's).
+    packages=find_packages(include=["sparrow_vllm", "sparrow_vllm.*"]) + ["sparrow_kernels"],
+    package_dir={"sparrow_kernels": "kernels"},
     package_data={"sparrow_vllm": ["assets/*", "assets/**/*"]},
     python_requires=">=3.10",
     install_requires=[

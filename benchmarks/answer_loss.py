@@ -1,6 +1,6 @@
 """Where a target's answer loss sits: per question kind, the teacher-forced loss and top-1
 accuracy on the answer's fact words, against the words copied from the question and the
-template (target/STUDY.md F).
+template (docs/target.md F).
 
 An answer like "The digit 2 moves up." has one fact the video decides ("up"), words the
 question already gave ("digit", "2") and template words. Training reports the mean over all

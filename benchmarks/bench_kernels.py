@@ -32,15 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, sys.path[0] is benchmarks/; the kernels live at the repo root.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+REPO_ROOT = Path(__file__).resolve().parents[1]  # kernels/ installs as `sparrow_kernels`
 
 import torch  # noqa: E402
 
 from common import hardware  # noqa: E402
-from kernels import full_attention_torch, text_window_attention  # noqa: E402
+from sparrow_kernels import full_attention_torch, text_window_attention  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 VISUAL_TOKENS = [1_000, 4_000, 16_000, 25_000, 64_000, 100_000]

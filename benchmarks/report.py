@@ -1,9 +1,9 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
-    python benchmarks/report.py kernels|target|drafts|study|per_video|tau|offline|serve|reliability [ARCH]
+    python benchmarks/report.py kernels|target|drafts|study|per_video|tau|offline|serve|reliability|summary|compiled [ARCH]
 
-ARCH (target, drafts, offline, serve): qwen2.5-vl (default) or llava-onevision, whose results
-live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
+ARCH (target, drafts, offline, serve, summary): qwen2.5-vl (default) or llava-onevision, whose
+results live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
 """
 
 from __future__ import annotations
@@ -256,9 +256,79 @@ def reliability() -> str:
             f"k={c['k']}, max_tokens {c['max_tokens']}, server alive afterwards: {f['server_alive_after_load']}.")
 
 
+def compiled() -> str:
+    """benchmarks/bench_compiled.py: Sparrow in vLLM's default compiled mode against eager."""
+    d = json.loads((RESULTS / "compiled_vs_eager.json").read_text())
+    c, e = d["config"], d["engines"]
+    names = {"none_compiled": "no speculation, compiled", "sparrow_eager": "Sparrow, eager (`--enforce-eager`)",
+             "sparrow_compiled": "Sparrow, compiled (vLLM's default)",
+             "sparrow_compiled_draft_eager": "Sparrow, compiled target, eager draft"}
+    rows = ["| engine | tau (k=%d) | tau / eager's | outputs equal to no speculation | draft ms per step | "
+            "decode tok/s | speedup vs none |" % c["k"], "|---|---|---|---|---|---|---|"]
+    for key, label in names.items():
+        r = e[key]
+        tau = f"{r['mean_accepted_length']:.3f}" if r["mean_accepted_length"] else "-"
+        ratio = f"{r['tau_vs_eager']:.3f}" if r.get("tau_vs_eager") else "-"
+        draft = f"{r['draft_ms_per_call']:.1f}" if r.get("draft_ms_per_call") else "-"
+        rows.append(f"| {label} | {tau} | {ratio} | {r['same_outputs_as_none']}/{r['requests']} | {draft} | "
+                    f"{r['decode_tok_s']:.1f} | {r['speedup_vs_none_compiled']:.2f}x |")
+    hw = d["hardware"]
+    return "\n".join(rows) + (f"\n\n{c['requests']} requests at {c['visual_tokens']:,} visual tokens, batch {c['batch']}, "
+                              f"greedy, max_tokens {c['max_tokens']}; {hw['cpu']}, {hw['cores']} cores, vLLM {hw['vllm']}.")
+
+
+def summary(arch: str = DEFAULT_ARCH) -> str:
+    """The README's one table per family: EAGLE-3 against Sparrow, from draft_eval, bench_offline
+    and bench_serve (``[_ARCH].json``), plus the draft attention cost from bench_kernels
+    (Qwen2.5-VL only: the kernel benchmark is not run per family)."""
+    names = {"full": "eagle3", "text_window": "sparrow"}
+    out = ["| measure | EAGLE-3 (full context) | Sparrow (text only) |", "|---|---|---|"]
+    evals = {}
+    for r in json.loads(_results("draft_eval", arch).read_text()):
+        k = str(max(int(k) for k in r["results"]))
+        evals.setdefault(r["visual_tokens"], {})[names[r["attention"]]] = (k, r["results"][k]["tau"])
+    for v, m in sorted(evals.items()):
+        k = m["sparrow"][0]
+        out.append(f"| tau offline (eval-draft, k={k}), {v:,} visual tokens | {m['eagle3'][1]:.2f} | {m['sparrow'][1]:.2f} |")
+    d = json.loads(_results("bench_offline", arch).read_text())
+    b1 = {m: {r["visual_tokens"]: r for r in rs if r["batch"] == 1} for m, rs in d["methods"].items()}
+    for v in sorted(b1["sparrow"]):
+        e, sp = b1["eagle3"][v], b1["sparrow"][v]
+        out.append(f"| decode speedup vs none, offline batch 1, {v:,} visual tokens | "
+                   f"{e['speedup_vs_none']:.2f}x | {sp['speedup_vs_none']:.2f}x |")
+    v = max(b1["sparrow"])
+    out.append(f"| draft share of decode time, offline batch 1, {v:,} visual tokens | "
+               f"{b1['eagle3'][v]['draft_share']:.0%} | {b1['sparrow'][v]['draft_share']:.0%} |")
+    d = json.loads(_results("bench_serve", arch).read_text())
+    levels = [r["concurrency"] for r in d["methods"]["sparrow"]]
+    none = {r["concurrency"]: r for r in d["methods"]["none"]}
+
+    def serve_row(method: str, key: str, fmt) -> str:
+        return " / ".join(fmt(r[key]) for r in d["methods"][method])
+
+    out.append(f"| serving throughput vs none, concurrency {' / '.join(map(str, levels))} | "
+               f"{serve_row('eagle3', 'throughput_ratio_vs_none', '{:.2f}'.format)} | "
+               f"{serve_row('sparrow', 'throughput_ratio_vs_none', '{:.2f}'.format)} |")
+    c = levels[0]
+    ms = {m: next(r for r in d["methods"][m] if r["concurrency"] == c)["tpot_s_median"] * 1e3 for m in ("eagle3", "sparrow")}
+    out.append(f"| serving TPOT median, concurrency {c} (none: {none[c]['tpot_s_median'] * 1e3:.0f} ms) | "
+               f"{ms['eagle3']:.0f} ms | {ms['sparrow']:.0f} ms |")
+    g = d["greedy_mismatches"]
+    out.append("| serving greedy outputs differing from no speculation | "
+               + " | ".join(f"{g['mismatches'][m]}/{g['compared'][m]}" for m in ("eagle3", "sparrow")) + " |")
+    if arch == DEFAULT_ARCH:
+        k = json.loads((RESULTS / "bench_kernels.json").read_text())
+        v = 25000 if 25000 in k["config"]["visual_tokens"] else max(k["config"]["visual_tokens"])
+        cell = {r["method"]: r["median_ms"] for r in k["results"] if r["batch"] == 1 and r["num_visual"] == v}
+        out.append(f"| draft attention per decode step, {v:,} visual tokens, batch 1 | "
+                   f"{cell['full_torch']:.2f} ms | {cell['sparrow_torch']:.3f} ms |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
-              "serve": serve, "reliability": reliability, "per_video": per_video}
+              "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
+              "compiled": compiled}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))

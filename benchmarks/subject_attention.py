@@ -1,10 +1,10 @@
-"""Which LM heads look, from the answer, at the object the question is about? (target/STUDY.md F)
+"""Which LM heads look, from the answer, at the object the question is about? (docs/target.md F)
 
 For each head of each LM layer, on train-split clips that ask about one object (16 frames): the
 attention mass, averaged over the positions that predict an answer token, on the visual tokens
 that object covers (``target/grounding.subject_tokens``) and on all visual tokens. Prints the
 heads with the most mass on the object; ``--grounding-layer/--grounding-head`` of
-``sparrow train-target`` default to the second on target/STUDY.md E's candidate, layer 19 head 1
+``sparrow train-target`` default to the second on docs/target.md E's candidate, layer 19 head 1
 (the first is in the last layer, which leaves no layer to use what it reads).
 
     python benchmarks/subject_attention.py [--vision-parts PATH] [--clips 16] [--top 8]

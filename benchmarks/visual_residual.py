@@ -1,4 +1,4 @@
-"""Does the LM rewrite its residual stream at visual positions? (target/STUDY.md E.3)
+"""Does the LM rewrite its residual stream at visual positions? (docs/target.md E.3)
 
 For a target's vision parts, on the first test clips (16 frames): the median norm of the
 residual at visual and text positions after layers 0 (the embeddings / merger output), 1, 2, 4,

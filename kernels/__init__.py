@@ -14,7 +14,7 @@ Public API (all share one signature, documented with shapes in
 * ``full_attention_torch``         full-context baseline (every position 0..pos).
 
 ``TRITON_INTERPRET`` is read by ``@triton.jit`` when this package is first imported,
-so set it before ``import kernels`` to run the Triton kernel on CPU tensors. Without a
+so set it before ``import sparrow_kernels`` to run the Triton kernel on CPU tensors. Without a
 usable Triton install the torch backend still works.
 """
 

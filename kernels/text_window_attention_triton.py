@@ -17,7 +17,7 @@ Portability notes (triton 3.7):
   interpreter (``TRITON_INTERPRET=1``) returns bf16 as raw uint16 bits otherwise.
   fp16/bf16 values are exact in tf32, so the q.k product loses nothing on a GPU.
 * ``TRITON_INTERPRET`` is read when ``@triton.jit`` runs, i.e. when this module is
-  first imported (``import kernels`` imports it): set it before that.
+  first imported (``import sparrow_kernels`` imports it): set it before that.
 * No ``@triton.autotune``: more than one config fails in the interpreter, and the
   decode shapes are fixed enough that a heuristic block choice is fine.
 """
@@ -155,7 +155,7 @@ def text_window_attention_triton(
     if not query.is_cuda and not triton_interpreter_enabled():
         raise RuntimeError(
             "text_window_attention_triton needs CUDA tensors, or TRITON_INTERPRET=1 set before "
-            "kernels.text_window_attention_triton is first imported; use the torch backend on CPU."
+            "sparrow_kernels.text_window_attention_triton is first imported; use the torch backend on CPU."
         )
     if out is None:
         out = torch.empty_like(query)

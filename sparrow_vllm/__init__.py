@@ -55,16 +55,27 @@ def _install_excepthook() -> None:
 
 
 def register() -> None:
-    """vLLM general-plugin entry point. Idempotent and cheap."""
+    """vLLM general-plugin entry point. Idempotent and cheap.
+
+    On a vLLM other than the pinned one, nothing of vLLM is patched: engines without Sparrow
+    start as usual after one warning, and only a Sparrow config is refused.
+    """
     global _registered
     if _registered:
         return
+    _registered = True
     _install_excepthook()
-    check_vllm_version()
+    from sparrow_vllm import vllm_compat
+
+    try:
+        check_vllm_version()
+    except UnsupportedVLLMVersion as e:
+        import logging
+
+        logging.getLogger("vllm.sparrow").warning("%s Sparrow is disabled in this process.", e)
+        vllm_compat.refuse_sparrow(str(e))
+        return
     from sparrow_vllm import _cpu_compat
 
     _cpu_compat.install_import_hook()
-    from sparrow_vllm import vllm_compat
-
     vllm_compat.install()
-    _registered = True

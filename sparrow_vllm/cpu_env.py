@@ -18,13 +18,15 @@ from sparrow_vllm.target.paths import cache_root
 CPU_STEP_TIMEOUT_S = 3600
 
 
-def apply_cpu_defaults(kv_cache_gib: int = 4) -> None:
+def apply_cpu_defaults(kv_cache_gib: int | None = 4) -> None:
+    """``kv_cache_gib=None``: leave the KV cache size to vLLM (the user gave one)."""
     if not _is_cpu_vllm():
         return
     ncpu = os.cpu_count() or 1
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{ncpu - 1}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    if kv_cache_gib is not None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(CPU_STEP_TIMEOUT_S))
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_root() / "vllm"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))

@@ -20,5 +20,5 @@ def default_drafts(target_name: str = "sparrow-qwen25vl-smollm2", methods=("spar
     for name, d in out.items():
         if not (d / "config.json").exists():
             raise FileNotFoundError(f"the {name} draft of {target_name} is missing at {d}; "
-                                    "rebuild it with the commands in sparrow_vllm/draft/STUDY.md")
+                                    "rebuild it with the commands in docs/draft-study.md")
     return out

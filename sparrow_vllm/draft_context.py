@@ -3,7 +3,7 @@
 The proposer sets one :class:`TextWindowContext` around each draft forward; the draft's
 attention layers read it. Same idea as nano-vllm's attention context: the metadata lives
 in one small object instead of being threaded through every call. Tensors are on the
-draft's device; shapes as in ``kernels.text_window_attention``.
+draft's device; shapes as in ``sparrow_kernels.text_window_attention``.
 """
 
 from __future__ import annotations

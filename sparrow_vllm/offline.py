@@ -41,11 +41,12 @@ def _build_prompts(family, processor, specs: list[dict]) -> list[dict]:
             continue
         sample = make_sample(s["split"], s["index"], max(16, s["frames"]))
         question = s.get("question") or sample.question
+        history = [tuple(t) for t in s.get("history") or ()]  # earlier (question, answer) turns
         if s["frames"] == 0:
-            prompts.append({"prompt": family.prompt_text(processor, question)
+            prompts.append({"prompt": family.prompt_text(processor, question, history)
                             .replace(family.video_placeholder(), "")})
         else:
-            prompts.append(family.vllm_prompt(processor, sample.frames(), question))
+            prompts.append(family.vllm_prompt(processor, sample.frames(), question, history))
     return prompts
 
 
@@ -148,6 +149,7 @@ def _run_cell(llm, build, prompt_specs, sampling) -> dict:
         m = o.metrics
         decode_s = (m.last_token_ts - m.first_token_ts) if m is not None else None
         results.append({
+            "request_id": o.request_id, "prompt_token_ids": list(o.prompt_token_ids),
             "prompt_tokens": len(o.prompt_token_ids), "token_ids": list(c.token_ids), "text": c.text,
             "finish_reason": c.finish_reason,
             "ttft_s": (m.first_token_ts - m.scheduled_ts) if m is not None else None,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sparrow_vllm.draft.config import WINDOW_SIZE
 from sparrow_vllm.draft_context import TextWindowContext, text_window_context
 from sparrow_vllm.text_positions import RequestText
 
@@ -37,7 +38,7 @@ class SparrowProposer(EagleProposer):
         super().__init__(vllm_config, device, runner)
         self.runner = runner
         sparrow = getattr(self.draft_model_config.hf_config, "sparrow", None) or {}
-        self.window_size = int(sparrow.get("window_size", 128))
+        self.window_size = int(sparrow.get("window_size", WINDOW_SIZE))
         self._requests: dict[str, RequestText] = {}
         # SPARROW_DEBUG_DUMP=file: append the draft inputs of every step as JSON lines
         # (tests use it to check that no visual position ever reaches the draft).
@@ -90,14 +91,19 @@ class SparrowProposer(EagleProposer):
         self._last_draft_probs = None
         step = self._step_view(common_attn_metadata, target_token_ids, next_token_ids, num_rejected_tokens_gpu)
         rows, ctx, input_ids, positions, last_entry = self._text_entries(step)
-        if len(rows) == 0 or k == 0:
+        if len(rows) == 0:
             # No text token this step (prefill chunks that are all video): nothing to draft
             # from, and every request is mid-prefill, so vLLM discards these drafts.
             return torch.zeros(step.num_reqs, k, device=step.device, dtype=torch.int64)
         hidden = self.model.combine_hidden_states(target_hidden_states[step.to_dev(rows)])
         if self._dump_path:
             self._dump()
+        # The first pass writes the draft KV of every verified text token, k = 0 included:
+        # a later step with k > 0 reads it (vLLM's EAGLE proposer does the same).
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
+        if k == 0:
+            self._prune()
+            return torch.zeros(step.num_reqs, 0, device=step.device, dtype=torch.int64)
 
         # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
         # chunk that is all video; vLLM discards drafts of partial prefills).
@@ -107,10 +113,11 @@ class SparrowProposer(EagleProposer):
         state = prenorm[sel] * keep
         draft, probs = self._sample_draft_tokens(last_hidden[sel] * keep, sampling_metadata)
         drafts, probs_list = [draft], (None if probs is None else [probs])
-        # Requests still in prefill after this step get throw-away drafts (vLLM discards
-        # them): their chain must not write KV (the slots ahead are not theirs yet) nor read
-        # unwritten slots; it attends to their first text token only.
-        partial = ~has | (step.starts + step.valid < np.asarray([rt.prompt_len for rt in step.req_texts]))
+        # Requests still in prefill after this step (or recomputing their output after a
+        # preemption) get throw-away drafts (vLLM discards them): their chain must not write
+        # KV (the slots ahead are not theirs yet) nor read unwritten slots; it attends to
+        # their first text token only.
+        partial = ~has | step.partial
         for s in range(1, k):
             ctx = self._chain_context(step, s, partial)
             last_hidden, state = self._run(drafts[-1].to(torch.int32), step.to_dev(step.last_tidx + s), state, ctx)
@@ -124,7 +131,7 @@ class SparrowProposer(EagleProposer):
             self._last_draft_probs = torch.stack(probs_list, dim=1).contiguous()
         out = torch.stack(drafts, dim=1)
         if self._dump_path:
-            self._dump_drafts(out)
+            self._dump_drafts(out, np.where(has, step.last_tidx, -1), partial)
         return out
 
     def _step_view(self, cad, target_token_ids, next_token_ids, num_rejected_tokens_gpu) -> "_Step":
@@ -135,6 +142,10 @@ class SparrowProposer(EagleProposer):
         rejected = (num_rejected_tokens_gpu[:num_reqs].cpu().numpy().astype(np.int64)
                     if num_rejected_tokens_gpu is not None else np.zeros(num_reqs, np.int64))
         block_table = cad.block_table_tensor[:num_reqs]
+        req_ids = list(self.runner.input_batch.req_ids[:num_reqs])
+        # vLLM's own test for a request whose next token is not sampled this step
+        # (gpu_model_runner's discard_request_mask): fewer tokens scheduled than it has.
+        known = np.asarray([self.runner.requests[rid].num_tokens for rid in req_ids], dtype=np.int64)
         return _Step(
             cad=cad, num_reqs=num_reqs, device=block_table.device, qsl=qsl,
             starts=seq_lens - q_lens,  # position of each request's first token this step
@@ -143,7 +154,8 @@ class SparrowProposer(EagleProposer):
             next_tokens=next_token_ids[:num_reqs].cpu().numpy().astype(np.int64),
             block_table=block_table, block_table_cpu=block_table.cpu().numpy(),
             kv_block_size=self._kv_block_size(), max_pos=self.max_model_len - 1,
-            req_texts=[self._request_text(rid) for rid in self.runner.input_batch.req_ids[:num_reqs]],
+            req_ids=req_ids, req_texts=[self._request_text(rid) for rid in req_ids],
+            partial=seq_lens < known,
         )
 
     def _text_entries(self, step: "_Step"):
@@ -159,11 +171,8 @@ class SparrowProposer(EagleProposer):
             pos = step.starts[r] + np.arange(step.valid[r], dtype=np.int64)
             tpos = pos[rt.is_text(pos)]
             if len(tpos):
-                end = step.starts[r] + step.valid[r]  # position of next_token_ids[r]
                 nxt = rt.next_text_position(tpos)
-                in_batch = step.tokens[np.minimum(step.qsl[r] + nxt - step.starts[r], len(step.tokens) - 1)]
-                in_prompt = rt.prompt_token_ids[np.minimum(nxt, rt.prompt_len - 1)]
-                tokens.append(np.where(nxt < end, in_batch, np.where(nxt == end, step.next_tokens[r], in_prompt)))
+                tokens.append(self._tokens_at(step, r, nxt))
                 tidx = rt.text_index(tpos)
                 base = max(0, int(tidx[0]) - W + 1)
                 windows.append(rt.positions_of(np.arange(base, int(tidx[-1]) + 1, dtype=np.int64)))
@@ -190,6 +199,32 @@ class SparrowProposer(EagleProposer):
         self.last_inputs = {"positions": _cat(poss), "text_index": _cat(tidxs), "input_token_ids": _cat(tokens),
                             "target_token_ids": step.tokens[rows], "query_start": q_start}
         return rows, ctx, step.to_dev(_cat(tokens), torch.int32), step.to_dev(_cat(tidxs)), last_entry
+
+    def _tokens_at(self, step: "_Step", r: int, pos: np.ndarray) -> np.ndarray:
+        """Request ``r``'s token at each position ``pos`` (>= this step's first position).
+
+        Inside this step's verified tokens: the batch. Beyond them, the request's own token
+        where it is already known (the rest of the prompt in a partial prefill chunk, or the
+        earlier output of a request recomputed after preemption); else the token the target
+        just sampled, which sits at ``end``. Not ``next_token_ids[r]`` for a partial chunk:
+        vLLM passes a backup token there (the request's last known token), not the token at
+        ``end``.
+        """
+        end = step.starts[r] + step.valid[r]
+        out = step.tokens[np.minimum(step.qsl[r] + pos - step.starts[r], len(step.tokens) - 1)].copy()
+        state, rt = self.runner.requests[step.req_ids[r]], step.req_texts[r]
+        for i in np.flatnonzero(pos >= end):
+            p = int(pos[i])
+            if p < rt.prompt_len:
+                out[i] = rt.prompt_token_ids[p]
+            elif p - rt.prompt_len < len(state.output_token_ids) and state.output_token_ids[p - rt.prompt_len] >= 0:
+                out[i] = state.output_token_ids[p - rt.prompt_len]
+            elif p == end:
+                out[i] = step.next_tokens[r]
+            else:
+                raise RuntimeError(f"sparrow-vllm: no token known at position {p} of request "
+                                   f"{step.req_ids[r]} (verified up to {end})")
+        return out
 
     def _chain_context(self, step: "_Step", s: int, partial: np.ndarray) -> TextWindowContext:
         """Attention context of chain step ``s`` (1..k-1): each request feeds its previous
@@ -236,10 +271,13 @@ class SparrowProposer(EagleProposer):
                     "text_index": li["text_index"][a:b].tolist(),
                 }) + "\n")
 
-    def _dump_drafts(self, drafts: torch.Tensor) -> None:
+    def _dump_drafts(self, drafts: torch.Tensor, origin: np.ndarray, partial: np.ndarray) -> None:
+        """One line per request: its drafts, drafted from text index ``origin`` (-1: none);
+        ``partial``: vLLM discards them (mid-prefill)."""
         with open(self._dump_path, "a") as f:
-            for rid, row in zip(self.runner.input_batch.req_ids, drafts.cpu().tolist()):
-                f.write(json.dumps({"req_id": rid, "draft_token_ids": row}) + "\n")
+            for r, (rid, row) in enumerate(zip(self.runner.input_batch.req_ids, drafts.cpu().tolist())):
+                f.write(json.dumps({"req_id": rid, "draft_token_ids": row, "origin_text_index": int(origin[r]),
+                                    "partial": bool(partial[r])}) + "\n")
 
     def _run(self, input_ids, positions, hidden, ctx):
         with set_forward_context(None, self.vllm_config, num_tokens=int(input_ids.shape[0])), \
@@ -294,7 +332,9 @@ class _Step:
     block_table_cpu: np.ndarray
     kv_block_size: int
     max_pos: int
+    req_ids: list
     req_texts: list
+    partial: np.ndarray  # [num_reqs] bool: mid-prefill (or mid-recompute), nothing sampled
     last_tidx: np.ndarray = None  # [num_reqs] text index of the last verified text token
 
     def __post_init__(self):

@@ -16,8 +16,8 @@ from pathlib import Path
 SPARROW_KEYS = ("window_size", "anchor_layers")
 # vLLM 0.32 ``SpeculativeConfig`` fields that apply to a Sparrow draft. Anything else (a typo,
 # another method's option such as ``prompt_lookup_max``) is refused, not silently ignored.
-VLLM_KEYS = ("method", "model", "num_speculative_tokens", "draft_tensor_parallel_size",
-             "revision", "code_revision", "enforce_eager")
+VLLM_KEYS = ("method", "model", "num_speculative_tokens", "num_speculative_tokens_per_batch_size",
+             "draft_tensor_parallel_size", "revision", "code_revision", "enforce_eager")
 ALLOWED_KEYS = VLLM_KEYS + SPARROW_KEYS
 DRAFT_LINK_NAMES = ("sparrow_draft",)  # <target>/sparrow_draft/ holds a target's default draft
 MAX_SPECULATIVE_TOKENS = 16
@@ -125,11 +125,27 @@ def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None
         )
 
 
+def check_draft_weights(draft_dir) -> None:
+    """The draft's tensors have the shapes its config says (else vLLM's loader dies deep
+    inside with ``AssertionError: Tried to load weights of size ...``)."""
+    from sparrow_vllm.draft.export import weight_problems
+
+    try:
+        problems = weight_problems(draft_dir)
+    except (ValueError, KeyError, TypeError, OSError) as e:  # config or header unreadable
+        raise SparrowConfigError(f"Sparrow draft {draft_dir} cannot be read: {e}. Re-export it with "
+                                 "`sparrow train`.") from None
+    if problems:
+        raise SparrowConfigError(
+            f"Sparrow draft {draft_dir}: its weights do not match its config.json ("
+            + "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
+            + "). The draft is damaged or was edited by hand: re-export it with `sparrow train`.")
+
+
 def _anchor_problems(layers, num_layers: int) -> list[str]:
-    # Anchor layer i is the input of target layer i (vLLM's eagle_aux_hidden_state_layer_ids):
-    # 0 would be the embeddings, num_layers is past the last layer.
-    return [f"anchor layer {layer} outside the target's layers 1..{num_layers - 1}"
-            for layer in layers if not (_is_int(layer) and 0 < layer < num_layers)]
+    from sparrow_vllm.draft.config import anchor_layer_problems  # the rule training applies too
+
+    return anchor_layer_problems(layers, num_layers)
 
 
 def _is_int(x) -> bool:
@@ -149,12 +165,15 @@ def translate(user: dict, target_model_config) -> tuple[dict, dict]:
     draft_dir = model or default_draft_for(target_model_config.model)
     draft = read_draft_config(draft_dir)
     check_draft_matches_target(draft, draft_dir, target_model_config.hf_config)
+    check_draft_weights(draft_dir)
     cfg["model"] = str(draft_dir)
     k = cfg.get("num_speculative_tokens")
     source = ""
     if k is None:
         methods = draft.get("speculators_config", {}).get("proposal_methods") or [{}]
-        k = methods[0].get("speculative_tokens", 3)
+        from sparrow_vllm.draft.config import NUM_SPECULATIVE_TOKENS
+
+        k = methods[0].get("speculative_tokens", NUM_SPECULATIVE_TOKENS)
         source = f" (the default of draft {draft_dir}; pass \"num_speculative_tokens\")"
     if not _is_int(k) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
         raise SparrowConfigError(

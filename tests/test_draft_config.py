@@ -10,8 +10,9 @@ from sparrow_vllm.draft.config import DraftConfigError, SparrowDraftConfig
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("anchor_layers", [0], "[1, target_num_layers=30]"),
-    ("anchor_layers", [31], "[1, target_num_layers=30]"),
+    ("anchor_layers", [0], "[1, target_num_layers - 1 = 29]"),
+    ("anchor_layers", [30], "[1, target_num_layers - 1 = 29]"),
+    ("anchor_layers", [31], "[1, target_num_layers - 1 = 29]"),
     ("anchor_layers", [], "non-empty"),
     ("anchor_layers", [15, 2], "sorted"),
     ("anchor_layers", [2, 2], "distinct"),
@@ -75,3 +76,47 @@ def test_vllm_reads_the_baseline_as_eagle3(tmp_path):
     assert hf["eagle_aux_hidden_state_layer_ids"] == [2, 15, 27] and hf["norm_before_residual"] is False
     assert hf["draft_vocab_size"] == 2048 and hf["target_hidden_size"] == 576
     assert SpeculatorsConfig.extract_vllm_speculative_config(d) == {"method": "eagle3", "num_speculative_tokens": 5}
+
+
+def test_training_and_serving_share_one_anchor_layer_rule():
+    """Every anchor layer training accepts, serving accepts, and the other way round: a draft
+    cannot be trained that the server refuses."""
+    from types import SimpleNamespace
+
+    from sparrow_vllm.spec_config import check_draft_matches_target
+
+    target = SimpleNamespace(hidden_size=576, num_hidden_layers=30, vocab_size=49156)
+    for layer in range(-1, 33):
+        try:
+            cfg = SparrowDraftConfig(anchor_layers=[layer])
+        except DraftConfigError:
+            trained = False
+        else:
+            trained = True
+        try:
+            check_draft_matches_target({"sparrow": {"anchor_layers": [layer]}}, "d", target)
+        except ValueError:
+            served = False
+        else:
+            served = True
+        assert trained == served == (1 <= layer <= 29), layer
+        if trained:
+            assert cfg.anchor_layers == [layer]
+
+
+def test_window_default_is_written_once():
+    """W's default lives in draft/config.py; training's and serving's defaults read it."""
+    import re
+    from pathlib import Path
+
+    import sparrow_vllm
+
+    from sparrow_vllm.draft.config import WINDOW_SIZE
+    from sparrow_vllm.draft.train import TrainArgs
+
+    assert SparrowDraftConfig().window_size == TrainArgs(data="d", out="o").window == WINDOW_SIZE
+    root = Path(sparrow_vllm.__file__).parent
+    literal = re.compile(r"window.*[=,]\s*" + str(WINDOW_SIZE) + r"\b")
+    hits = [f"{f.relative_to(root)}:{i}" for f in root.rglob("*.py")
+            for i, line in enumerate(f.read_text().splitlines(), 1) if literal.search(line)]
+    assert hits == [], hits

@@ -26,14 +26,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# `kernels/` is a top-level folder of the repo, not part of the installed package;
-# make it importable however pytest was started (plain `pytest` does not put the cwd
-# on sys.path).
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# `kernels/` (a top-level folder of the repo) is installed as `sparrow_kernels`.
 
-import kernels  # noqa: E402
-from kernels import (  # noqa: E402
+import sparrow_kernels as kernels  # noqa: E402
+from sparrow_kernels import (  # noqa: E402
     full_attention_torch,
     text_window_attention,
     text_window_attention_naive,
@@ -401,8 +397,8 @@ def test_dispatch_end_to_end():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-without-interpreter error")
 def test_triton_on_cpu_without_interpreter_raises():
     code = (
-        "import torch, kernels\n"
-        "from kernels.text_window_attention_triton import text_window_attention_triton as f\n"
+        "import torch, sparrow_kernels\n"
+        "from sparrow_kernels.text_window_attention_triton import text_window_attention_triton as f\n"
         "q = torch.zeros(1, 1, 16); c = torch.zeros(1, 1, 1, 16)\n"
         "i = torch.zeros(1, dtype=torch.int32); two = torch.tensor([0, 1])\n"
         "try:\n"

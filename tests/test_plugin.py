@@ -128,3 +128,12 @@ def test_cpu_defaults_give_a_long_video_step_time_and_keep_user_values(monkeypat
     monkeypatch.setenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "42")
     apply_cpu_defaults()
     assert vllm.envs.VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS == 42
+
+
+def test_installed_package_has_no_top_level_kernels(tmp_path):
+    """kernels/ installs as `sparrow_kernels`: a top-level `kernels` would shadow (or be shadowed
+    by) the PyPI package of that name."""
+    code = ("import importlib.util as u, sparrow_kernels, sparrow_vllm.vllm_draft\n"
+            "print(u.find_spec('kernels') is None, sparrow_kernels.text_window_attention.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "sparrow_kernels"], out.stderr[-2000:]

@@ -96,7 +96,9 @@ BAD = {
                        400, "Could not open video"),
     "empty_data_url": (lambda b, m: _set_video(b, "data:video/mp4;base64,"), 400, "Could not open video"),
     "missing_video_file": (lambda b, m: _set_video(b, _video(m, "missing.mp4")), 400, "No such file"),
-    "image_as_video": (lambda b, m: _set_video(b, _video(m, "frame.png")), 400, ""),
+    "image_as_video": (lambda b, m: _set_video(b, _video(m, "frame.png")), 400, "PNG image, not a video"),
+    "image_data_url_as_video": (lambda b, m: _set_video(b, "data:video/mp4;base64," + base64.b64encode(
+        (m / "frame.png").read_bytes()).decode()), 400, "PNG image, not a video"),
     "one_frame_video": (lambda b, m: _set_video(b, _video(m, "one_frame.mp4")), 400, ""),
     "max_tokens_negative": (lambda b, m: {**b, "max_tokens": -1}, 400, "max_tokens"),
     "max_tokens_huge": (lambda b, m: {**b, "max_tokens": 10**9}, 400, "max_tokens"),

@@ -1,4 +1,5 @@
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -223,12 +224,36 @@ def test_unsupported_vllm_version(monkeypatch):
     with pytest.raises(sparrow_vllm.UnsupportedVLLMVersion,
                        match="supports vLLM 0.32.0 only, but vLLM 0.33.0 is installed.*pip install vllm==0.32.0"):
         sparrow_vllm.check_vllm_version()
-    # register() (vLLM's plugin entry point) refuses before touching any vLLM internals.
-    monkeypatch.setattr(sparrow_vllm, "_registered", False)
-    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
-    with pytest.raises(sparrow_vllm.UnsupportedVLLMVersion):
-        sparrow_vllm.register()
-    assert sparrow_vllm._registered is False
+
+
+OTHER_VERSION = """
+import logging, sys
+from types import SimpleNamespace
+import vllm
+vllm.__version__ = "0.33.0"
+import sparrow_vllm
+sparrow_vllm.register()
+from vllm.engine.arg_utils import EngineArgs
+from vllm.v1.worker import gpu_model_runner
+from vllm import ModelRegistry
+# nothing of vLLM is patched but the refusal of a sparrow config
+assert not getattr(gpu_model_runner.GPUModelRunner.__init__, "_sparrow", False)
+assert "Eagle3SparrowForCausalLM" not in ModelRegistry.get_supported_archs()
+try:
+    EngineArgs.create_speculative_config(SimpleNamespace(speculative_config={"method": "sparrow"}), None, None)
+except sparrow_vllm.UnsupportedVLLMVersion as e:
+    print("refused:", e)
+"""
+
+
+def test_other_vllm_version_disables_sparrow_with_one_warning():
+    """On another vLLM, a process that does not use Sparrow starts as usual (one warning);
+    a Sparrow config stops with the version message."""
+    out = subprocess.run([sys.executable, "-c", OTHER_VERSION], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused: sparrow-vllm 0.1.0 supports vLLM 0.32.0 only, but vLLM 0.33.0 is installed" in out.stdout
+    warnings = [line for line in out.stderr.splitlines() if "Sparrow is disabled" in line]
+    assert len(warnings) == 1, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("exc", [

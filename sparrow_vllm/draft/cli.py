@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparrow_vllm.draft.config import WINDOW_SIZE
+
 
 def _layers(s: str) -> list[int]:
     try:
@@ -67,7 +69,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--repeat-answers", type=_at_least_one, default=1, metavar="R",
                    help="training data only: teacher-force the target's answer repeated R times (the loops "
                         "long videos drive it into), labels = its own predictions there (default 1: off; "
-                        "experimental, see STUDY.md section D)")
+                        "experimental, see docs/draft-study.md section D)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
     _add_ray_args(p, "extract with a Ray Data actor pool (one target replica per worker)")
     p.set_defaults(run=run_data)
@@ -80,7 +82,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--target", help="target dir (default: the one recorded in the data manifest)")
     p.add_argument("--recipe", default="sparrow", choices=["sparrow", "eagle3"])
     p.add_argument("--anchor-layers", type=_layers, help="default: 15 (sparrow), 2,15,27 (eagle3)")
-    p.add_argument("--window", type=int, default=128)
+    p.add_argument("--window", type=int, default=WINDOW_SIZE)
     p.add_argument("--mtp-depth", type=int, default=3)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--intermediate-size", type=int, default=1536)

@@ -16,6 +16,18 @@ RECIPES = ("sparrow", "eagle3")
 ATTENTIONS = ("text_window", "full")
 ARCHITECTURES = {"sparrow": "Eagle3SparrowForCausalLM", "eagle3": "Eagle3LlamaForCausalLM"}
 VERIFIER_ARCHITECTURES = ["Qwen2_5_VLForConditionalGeneration"]
+WINDOW_SIZE = 128  # VATA's default W (text tokens), for training and serving
+NUM_SPECULATIVE_TOKENS = 5  # default k a draft advertises (speculators_config)
+
+
+def anchor_layer_problems(layers, num_layers: int) -> list[str]:
+    """The one anchor-layer rule, for training and serving: anchor layer ``i`` is the *input*
+    of target layer ``i`` (vLLM's ``eagle_aux_hidden_state_layer_ids``), so ``1..L-1``: 0 would
+    be the embeddings, and at ``L`` HF returns the final-normed state where vLLM gives the
+    pre-norm one."""
+    return [f"anchor layer {layer!r} outside the target's layers 1..{num_layers - 1}"
+            for layer in layers if not (isinstance(layer, int) and not isinstance(layer, bool)
+                                        and 0 < layer < num_layers)]
 
 
 class DraftConfigError(ValueError):
@@ -27,12 +39,12 @@ class SparrowDraftConfig:
     # IVSB: target layers whose *input* hidden states (HF ``hidden_states[l]``) feed ``fc``.
     anchor_layers: list[int] = field(default_factory=lambda: [15])
     # VATA: a draft query at text index i attends to text indices max(0, i-W+1)..i.
-    window_size: int = 128
+    window_size: int = WINDOW_SIZE
     attention: str = "text_window"
     recipe: str = "sparrow"
     num_layers: int = 1
     mtp_depth: int = 3  # MTP: training unroll k (draft steps per position)
-    num_speculative_tokens: int = 5  # default k written into speculators_config
+    num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS  # default k written into speculators_config
     # target
     target_hidden_size: int = 576
     target_num_layers: int = 30
@@ -73,11 +85,10 @@ class SparrowDraftConfig:
             bad("attention", "recipe 'sparrow' needs attention='text_window'")
         if self.target_num_layers < 1:
             bad("target_num_layers", "must be >= 1")
-        if not self.anchor_layers or len(set(self.anchor_layers)) != len(self.anchor_layers) or any(
-            not 1 <= l <= self.target_num_layers for l in self.anchor_layers
-        ):
+        if not self.anchor_layers or len(set(self.anchor_layers)) != len(self.anchor_layers) or \
+                anchor_layer_problems(self.anchor_layers, self.target_num_layers):
             bad("anchor_layers", f"must be a non-empty list of distinct layer ids in "
-                                 f"[1, target_num_layers={self.target_num_layers}]")
+                                 f"[1, target_num_layers - 1 = {self.target_num_layers - 1}]")
         if self.anchor_layers != sorted(self.anchor_layers):
             # vLLM collects aux hidden states in layer order, so fc's input is concatenated
             # in ascending layer order whatever order a config lists them in.

@@ -21,7 +21,7 @@ stored token. Long videos drive a small Video LLM into loops ("The video is a 2.
 is a 2. ..."); the target's short-clip answers never repeat, so a draft trained on them alone
 never learns to copy, and these rows teach it what the target predicts inside a repetition,
 at short-clip cost. ``eval-draft`` refuses such data (its rows are not a greedy trajectory).
-Measured (``STUDY.md`` section D): mixed, so the committed drafts do not use it.
+Measured (``docs/draft-study.md`` section D): mixed, so the committed drafts do not use it.
 
 ``manifest.json`` records the target identity, the settings and each finished shard;
 a shard counts as done only once listed there (files are written to a temp name and

@@ -57,6 +57,21 @@ def simulate_sample(model: SparrowDraftModel, sample: dict, ks: list[int]) -> di
     return out
 
 
+@torch.no_grad()
+def greedy_drafts(model: SparrowDraftModel, sample: dict, k: int) -> dict[int, list[int]]:
+    """The ``k`` greedy draft tokens proposed from every origin of the response:
+    ``{origin draft index: tokens}``, where the draft index is the text index for Sparrow
+    (what :class:`~sparrow_vllm.proposer.SparrowProposer` logs as ``origin_text_index``)."""
+    seq = draft_sequence(sample, model.config)
+    ids, pos, rs = seq["ids"], seq["positions"], seq["response_start"]
+    if rs < 1 or rs >= len(ids):
+        return {}
+    g = model.combine_hidden_states(seq["hidden"].float())
+    next_ids = torch.cat([ids[1:], ids.new_zeros(1)])
+    prenorm, kv = prefill(model, next_ids, g, pos, query_from=rs - 1)
+    return {o: draft_chain(model, kv, o, prenorm[o - rs + 1], int(pos[o]), k)[0] for o in range(rs - 1, len(ids) - 1)}
+
+
 def oracle_rounds(num_to_generate: int, k: int) -> list[int]:
     """Accepted counts of a draft that is always right, for a response with
     ``num_to_generate`` tokens after the prefill's first one (the ceiling of tau)."""

@@ -63,6 +63,28 @@ def load_target_embedding(target_dir) -> torch.Tensor:
     raise KeyError(f"no text embed_tokens.weight in {target_dir}")
 
 
+def weight_problems(draft_dir) -> list[str]:
+    """Tensors of ``draft_dir/model.safetensors`` whose shape is not what its ``config.json``
+    implies (a damaged or hand-edited draft), as ``name: file [..], config [..]``. Reads the
+    file's header only; the model is built on the meta device."""
+    from safetensors import safe_open
+
+    draft_dir = Path(draft_dir)
+    cfg = SparrowDraftConfig.from_dir(draft_dir)
+    with torch.device("meta"):
+        want = {k: list(v.shape) for k, v in SparrowDraftModel(cfg).state_dict().items()}
+    weights = draft_dir / WEIGHTS
+    if not weights.is_file():
+        return [f"{weights} is missing"]
+    problems = []
+    with safe_open(str(weights), "pt") as f:
+        for name in f.keys():
+            shape = list(f.get_slice(name).get_shape())
+            if name in want and shape != want[name]:
+                problems.append(f"{name}: file {shape}, config {want[name]}")
+    return problems
+
+
 def load_draft(draft_dir, target_dir=None, embed_tokens: torch.Tensor | None = None,
                dtype=torch.float32) -> SparrowDraftModel:
     """The torch draft of ``draft_dir`` (fp32 by default), eval mode, with the target's

@@ -5,7 +5,7 @@
 # eagle3-llavaov; ~15 min).
 # Qwen2.5-VL: both drafts train on the same mix of video lengths (256 clips of 16 frames = 128
 # visual tokens, 32 videos of ~4k and 16 of ~25k: the target's own answers at each length, which
-# drift from its short-clip answers as videos grow; 16 at 25k rather than 8: STUDY.md section E)
+# drift from its short-clip answers as videos grow; 16 at 25k rather than 8: docs/draft-study.md section E)
 # and are evaluated at ~1k, ~4k and ~25k.
 # LLaVA-OneVision: short clips only, evaluated at ~1k (its long extraction is left to whoever
 # has the hours).

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparrow_vllm.draft.config import SparrowDraftConfig
+from sparrow_vllm.draft.config import WINDOW_SIZE, SparrowDraftConfig
 from sparrow_vllm.draft.data import check_draft_compatible, load_samples
 from sparrow_vllm.draft.export import save_draft
 from sparrow_vllm.draft.model import SparrowDraftModel, mtp_unroll, shift
@@ -195,7 +195,7 @@ class TrainArgs:
     out: str
     recipe: str = "sparrow"
     anchor_layers: list[int] | None = None
-    window: int = 128
+    window: int = WINDOW_SIZE
     mtp_depth: int = 3
     num_layers: int = 1
     intermediate_size: int = 1536

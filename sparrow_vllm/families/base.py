@@ -70,11 +70,13 @@ class FamilyAdapter:
         return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
     # ---- vLLM ---------------------------------------------------------------------------
-    def prompt_text(self, processor, question: str) -> str:
+    def prompt_text(self, processor, question: str, history=()) -> str:
+        """The chat prompt of ``question`` after ``history``'s ``(question, answer)`` turns
+        (the video with the first question)."""
         raise NotImplementedError
 
-    def vllm_prompt(self, processor, frames: np.ndarray, question: str) -> dict:
-        """An offline ``LLM.generate`` prompt for a video question."""
+    def vllm_prompt(self, processor, frames: np.ndarray, question: str, history=()) -> dict:
+        """An offline ``LLM.generate`` prompt for a video question (see :meth:`prompt_text`)."""
         raise NotImplementedError
 
     def video_placeholder(self) -> str:

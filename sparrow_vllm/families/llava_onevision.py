@@ -37,15 +37,15 @@ class LlavaOneVisionAdapter(FamilyAdapter):
     # token, visual ones included, its index).
 
     # ---- vLLM ---------------------------------------------------------------------------
-    def prompt_text(self, processor, question: str) -> str:
+    def prompt_text(self, processor, question: str, history=()) -> str:
         from sparrow_vllm.target.llava_onevision import prompt_text
 
-        return prompt_text(processor, question)
+        return prompt_text(processor, question, history)
 
-    def vllm_prompt(self, processor, frames: np.ndarray, question: str) -> dict:
+    def vllm_prompt(self, processor, frames: np.ndarray, question: str, history=()) -> dict:
         from sparrow_vllm.target.llava_onevision import vllm_prompt
 
-        return vllm_prompt(processor, frames, question)
+        return vllm_prompt(processor, frames, question, history)
 
     def video_placeholder(self) -> str:
         from sparrow_vllm.target.llava_onevision import VIDEO_PLACEHOLDER

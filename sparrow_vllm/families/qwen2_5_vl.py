@@ -47,15 +47,15 @@ class Qwen25VLAdapter(FamilyAdapter):
         pos, _ = model.model.get_rope_index(input_ids[None], mm, video_grid_thw=grid, second_per_grid_ts=sec)
         return pos[0, 0]
 
-    def prompt_text(self, processor, question: str) -> str:
+    def prompt_text(self, processor, question: str, history=()) -> str:
         from sparrow_vllm.target.prompt import prompt_text
 
-        return prompt_text(processor, question)
+        return prompt_text(processor, question, history)
 
-    def vllm_prompt(self, processor, frames: np.ndarray, question: str) -> dict:
+    def vllm_prompt(self, processor, frames: np.ndarray, question: str, history=()) -> dict:
         from sparrow_vllm.target.prompt import vllm_prompt
 
-        return vllm_prompt(processor, frames, question)
+        return vllm_prompt(processor, frames, question, history)
 
     def video_placeholder(self) -> str:
         return "<|vision_start|><|video_pad|><|vision_end|>"

@@ -65,7 +65,7 @@ def add_parser(subparsers) -> None:
                         "tokens of the object the question is about (target/grounding.py; 0: off)")
     t.add_argument("--grounding-layer", type=int, default=19, help="the LM layer whose head that loss trains")
     t.add_argument("--grounding-head", type=int, default=1,
-                   help="that head (default L19 H1: on target/STUDY.md E's candidate, a head already drawn "
+                   help="that head (default L19 H1: on docs/target.md E's candidate, a head already drawn "
                         "to the object)")
     t.add_argument("--questions-per-clip", type=int, default=1,
                    help="train on up to this many questions about each clip in one forward: its own and one of "

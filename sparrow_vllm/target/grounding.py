@@ -1,6 +1,6 @@
 """Teach the LM where to look: an attention loss from the answer to the object asked about.
 
-target/STUDY.md E-F: the tower encodes what an object is and which way it moves (linear probes
+docs/target.md E-F: the tower encodes what an object is and which way it moves (linear probes
 90% and 95% per object), yet the LM answers direction questions at chance, on training clips as
 on test clips (``benchmarks/answer_loss.py``): its answers do not read the visual tokens of the
 object the question names. SparrowWorld knows which tokens those are. For questions about one

@@ -177,8 +177,9 @@ def make_processor(tokenizer):
 
 # ---- prompts ----------------------------------------------------------------------------
 
-def prompt_text(processor, question: str) -> str:
-    return processor.apply_chat_template(messages(question), add_generation_prompt=True, tokenize=False)
+def prompt_text(processor, question: str, history=()) -> str:
+    return processor.apply_chat_template(messages(question, history=history), add_generation_prompt=True,
+                                         tokenize=False)
 
 
 def hf_inputs(processor, frames, question: str, answer: str | None = None):
@@ -187,7 +188,7 @@ def hf_inputs(processor, frames, question: str, answer: str | None = None):
     return append_answer(inputs, processor.tokenizer, answer)
 
 
-def vllm_prompt(processor, frames, question: str) -> dict:
+def vllm_prompt(processor, frames, question: str, history=()) -> dict:
     """An offline ``LLM.generate`` prompt: vLLM's LLaVA-OV takes raw ``[T, H, W, 3]`` uint8
     frames, no metadata (every frame is used; LLaVA-OV has no notion of time).
 
@@ -195,7 +196,7 @@ def vllm_prompt(processor, frames, question: str) -> dict:
     profiles at most 16 frames a video), so a video of N tokens needs
     max_num_batched_tokens >= N; and one encoder batch of videos with different frame
     counts fails (3-D embeddings from ``_process_video_pixels``) unless patched."""
-    return {"prompt": prompt_text(processor, question), "multi_modal_data": {"video": frames}}
+    return {"prompt": prompt_text(processor, question, history), "multi_modal_data": {"video": frames}}
 
 
 # ---- the model --------------------------------------------------------------------------

@@ -11,9 +11,9 @@ first fitted on tower-only forwards, no LM (``warm_up_heads``; with the tower to
 heads are training scaffolding, never committed. Per token, identity barely moved (a token shows
 a piece of an object); ``object_instances`` / ``ObjectHeads`` pool each object's tokens instead,
 and a perception stage on that (tower only, ``--perception-tower-lr``) took identity from ~20% to
-86% in 1000 steps of 16 clips (target/STUDY.md D). ``--perception-level object-motion`` adds
+86% in 1000 steps of 16 clips (docs/target.md D). ``--perception-level object-motion`` adds
 which way each object moves between the two frames of its patch (``ObjectHeads(motion=True)``;
-target/STUDY.md E).
+docs/target.md E).
 
 Token layout: Qwen2.5-VL's merger emits one token per (temporal patch, 28 px row, 28 px
 column) in that order (the processor's patch order, restored after window attention).

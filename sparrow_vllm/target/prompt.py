@@ -7,15 +7,24 @@ import numpy as np
 from sparrow_vllm.target.config import VIDEO_FPS
 
 
-def messages(question: str, answer: str | None = None) -> list[dict]:
-    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+def messages(question: str, answer: str | None = None, history=()) -> list[dict]:
+    """A chat over one video: ``history`` holds the earlier ``(question, answer)`` turns; the
+    video comes with the first question."""
+    turns = [*history, (question, answer)]
+    msgs = []
+    for i, (q, a) in enumerate(turns):
+        content = [{"type": "video"}, {"type": "text", "text": q}] if i == 0 else [{"type": "text", "text": q}]
+        msgs.append({"role": "user", "content": content})
+        if a is not None and i < len(turns) - 1:
+            msgs.append({"role": "assistant", "content": a})
     if answer is not None:
         msgs.append({"role": "assistant", "content": answer})
     return msgs
 
 
-def prompt_text(processor, question: str) -> str:
-    return processor.apply_chat_template(messages(question), add_generation_prompt=True, tokenize=False)
+def prompt_text(processor, question: str, history=()) -> str:
+    return processor.apply_chat_template(messages(question, history=history), add_generation_prompt=True,
+                                         tokenize=False)
 
 
 def video_metadata(num_frames: int) -> dict:
@@ -77,9 +86,9 @@ def append_tokens(inputs, ids):
     return inputs
 
 
-def vllm_prompt(processor, frames: np.ndarray, question: str) -> dict:
-    """An offline ``LLM.generate`` prompt for a video question."""
+def vllm_prompt(processor, frames: np.ndarray, question: str, history=()) -> dict:
+    """An offline ``LLM.generate`` prompt for a video question (after ``history``'s turns)."""
     return {
-        "prompt": prompt_text(processor, question),
+        "prompt": prompt_text(processor, question, history),
         "multi_modal_data": {"video": (frames, video_metadata(len(frames)))},
     }

@@ -1,0 +1,122 @@
+"""The README's commands work as written: its serve block, run verbatim with
+no ``VLLM_*`` variable set, gives a server that answers a video chat request."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    """Every command of the README's ```bash blocks (continuation lines joined, comments dropped)."""
+    text = (ROOT / "README.md").read_text()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for cmd in re.sub(r"\\\n\s*", "", block).splitlines():
+            cmd = cmd.split(" #")[0].strip()
+            if cmd and not cmd.startswith("#"):
+                cmds.append(cmd)
+    return cmds
+
+
+def test_readme_commands_parse():
+    cmds = readme_commands()
+    assert any(c.startswith(".venv/bin/vllm serve ") for c in cmds)
+    assert "make demo" in cmds and "make test" in cmds
+
+
+def readme_report_tables() -> list[tuple[str, list[str], str, str]]:
+    """``(name, args, table, text from the table on)`` for every README table whose last non-blank
+    line before it names ``benchmarks/report.py NAME [ARCH]``."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if not line.startswith("|") or (i and lines[i - 1].startswith("|")):
+            continue  # not the first line of a table
+        before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        m = re.search(r"benchmarks/report\.py ([a-z_]+)((?: [\w.-]+)*)`", before)
+        if not m:
+            continue
+        end = i
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        found.append((m.group(1), m.group(2).split(), "\n".join(lines[i:end]), "\n".join(lines[i:])))
+    return found
+
+
+def test_readme_tables_come_from_report(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("report", None)
+    import report
+
+    # the table functions that also draw a plot must not rewrite the committed PNGs here
+    monkeypatch.setattr(report, "_plot_target", lambda *a, **k: None)
+    monkeypatch.setattr(report, "_plot_study", lambda *a, **k: None)
+    tables = readme_report_tables()
+    assert {name for name, *_ in tables} >= {"summary"}
+    assert ["llava-onevision"] in [args for name, args, *_ in tables if name == "summary"]
+    for name, args, table, rest in tables:
+        out = getattr(report, name)(*args).strip()
+        head = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+        assert table == head, f"README table of `report.py {name} {' '.join(args)}` differs from its output:\n{out}"
+        assert rest.startswith(out), f"README text after the table of `report.py {name}` differs from its notes"
+
+
+@pytest.mark.vllm
+def test_readme_serve_command_verbatim_answers_a_video_chat(target_dir):
+    from sparrow_vllm.serve_utils import chat_body, write_mp4
+    from sparrow_vllm.world import make_sample
+
+    cmds = readme_commands()
+    serve = next(c for c in cmds if c.startswith(".venv/bin/vllm serve "))
+    if not Path(os.path.expanduser(serve.split()[2])).is_dir():
+        pytest.skip("the README's target path is not where this run builds the target (SPARROW_CACHE set)")
+    with socket.socket() as s:  # the README's command takes vLLM's default port
+        if s.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.fail("port 8000 is in use: the README's serve command needs it")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    media = Path(ROOT / ".readme-test-media")
+    media.mkdir(exist_ok=True)
+    log = open(media / "serve.log", "w")
+    proc = subprocess.Popen(["bash", "-c", serve], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while True:
+            assert proc.poll() is None, (media / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "the README's vllm serve did not become healthy in 900 s"
+            try:
+                urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(3)
+        sample = make_sample("test", 5, 32)
+        path = write_mp4(sample.frames(), media / "clip.mp4")
+        model = json.loads(urllib.request.urlopen("http://127.0.0.1:8000/v1/models").read())["data"][0]["id"]
+        req = urllib.request.Request("http://127.0.0.1:8000/v1/chat/completions",
+                                     data=json.dumps(chat_body(model, sample.question, f"file://{path}")).encode(),
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=600).read())
+        assert answer["choices"][0]["message"]["content"].strip()
+        metrics = urllib.request.urlopen("http://127.0.0.1:8000/metrics").read().decode()
+        assert "vllm:spec_decode_num_drafts_total" in metrics  # Sparrow is on
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(media, ignore_errors=True)
