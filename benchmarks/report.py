@@ -256,9 +256,9 @@ def reliability() -> str:
             f"k={c['k']}, max_tokens {c['max_tokens']}, server alive afterwards: {f['server_alive_after_load']}.")
 
 
-def compiled() -> str:
+def compiled(name: str = "compiled_vs_eager") -> str:
     """benchmarks/bench_compiled.py: Sparrow in vLLM's default compiled mode against eager."""
-    d = json.loads((RESULTS / "compiled_vs_eager.json").read_text())
+    d = json.loads((RESULTS / f"{name}.json").read_text())
     c, e = d["config"], d["engines"]
     names = {"none_compiled": "no speculation, compiled", "sparrow_eager": "Sparrow, eager (`--enforce-eager`)",
              "sparrow_compiled": "Sparrow, compiled (vLLM's default)",
@@ -274,7 +274,9 @@ def compiled() -> str:
                     f"{r['decode_tok_s']:.1f} | {r['speedup_vs_none_compiled']:.2f}x |")
     hw = d["hardware"]
     return "\n".join(rows) + (f"\n\n{c['requests']} requests at {c['visual_tokens']:,} visual tokens, batch {c['batch']}, "
-                              f"greedy, max_tokens {c['max_tokens']}; {hw['cpu']}, {hw['cores']} cores, vLLM {hw['vllm']}.")
+                              f"greedy, {e['none_compiled']['output_tokens']:,} output tokens per engine"
+                              + ("" if c.get("stop_at_eos") else " (every request decodes max_tokens, past its end token)")
+                              + f"; {hw['cpu']}, {hw['cores']} cores, vLLM {hw['vllm']}.")
 
 
 def summary(arch: str = DEFAULT_ARCH) -> str:

@@ -103,7 +103,10 @@ class SparrowProposer(EagleProposer):
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
         if k == 0:
             self._prune()
-            return torch.zeros(step.num_reqs, 0, device=step.device, dtype=torch.int64)
+            out = torch.zeros(step.num_reqs, 0, device=step.device, dtype=torch.int64)
+            if self._dump_path:
+                self._dump_drafts(out, np.where(last_entry >= 0, step.last_tidx, -1), step.partial)
+            return out
 
         # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
         # chunk that is all video; vLLM discards drafts of partial prefills).

@@ -24,7 +24,9 @@ from sparrow_vllm.text_positions import RequestText
 pytestmark = pytest.mark.vllm
 
 K = 3
-SAMPLING = {"max_tokens": 40, "ignore_eos": True}  # every request decodes 40 steps
+# Every request decodes 96 tokens: a ~300-token prompt then outgrows its third KV block, so
+# four of them running on 12 usable blocks must preempt (the preemption case).
+SAMPLING = {"max_tokens": 96, "ignore_eos": True}
 TRAIN = world_prompt_specs("test", range(8), 32)  # also extracted for the training model
 TEXT = ("Write a short story about a river that flows through a quiet valley, the old mill "
         "beside it, the miller's two children, the autumn flood, and how the village rebuilt "
@@ -43,7 +45,7 @@ BASE = {"max_model_len": 2048, "max_num_seqs": 4}
 CASES = {
     "batch4_prefix_cache_multiturn": {},
     "chunked_prefill_64": {"enable_chunked_prefill": True, "max_num_batched_tokens": 64},
-    "preemption": {"num_gpu_blocks_override": 12, "max_num_batched_tokens": 512, "max_model_len": 1280},
+    "preemption": {"num_gpu_blocks_override": 13, "max_num_batched_tokens": 512, "max_model_len": 1536},
     "k_schedule_with_k0": {},  # speculative_config below
     "compiled": {"enforce_eager": False},
 }

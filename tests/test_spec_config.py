@@ -173,7 +173,12 @@ def test_anchor_override_outside_target_layers(tmp_path, target, anchors, match)
 
 def test_draft_trained_on_anchor_outside_target(tmp_path, target):
     t, tmc = target
-    d = _draft(tmp_path, t, anchors=(6,))  # the target has layers 0..5
+    with pytest.raises(ValueError, match="anchor_layers.*target_num_layers - 1 = 5"):
+        _draft(tmp_path, t, anchors=(6,))  # the target has layers 0..5: training refuses it too
+    d = _draft(tmp_path, t, anchors=(5,))  # ... so a config edited by hand
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["sparrow"]["anchor_layers"] = cfg["eagle_aux_hidden_state_layer_ids"] = [6]
+    (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SparrowConfigError, match="not trained for this target.*anchor layer 6 outside.*sparrow train"):
         translate({"method": "sparrow", "model": str(d)}, tmc)
 
@@ -322,3 +327,18 @@ def test_vllm_serve_cli_fails_with_one_line(target_dir, tmp_path):
         errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], p.stderr[-3000:]
         assert "Traceback" not in p.stderr + p.stdout, p.stderr[-3000:]
+
+
+def test_draft_whose_weights_disagree_with_its_config_is_one_clear_error(tmp_path, target):
+    """A damaged or hand-edited draft stops start-up naming the tensor and both shapes (vLLM's
+    loader would die deep inside with `Tried to load weights of size ...`)."""
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["sparrow"]["intermediate_size"] = cfg["transformer_layer_config"]["intermediate_size"] = 48
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SparrowConfigError) as e:
+        translate({"method": "sparrow", "model": str(d)}, tmc)
+    msg = str(e.value)
+    assert "do not match its config.json" in msg and "midlayer.mlp.down_proj.weight: file [" in msg, msg
+    assert "config [" in msg and "48" in msg and "\n" not in msg
