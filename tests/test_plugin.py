@@ -137,3 +137,17 @@ def test_installed_package_has_no_top_level_kernels(tmp_path):
             "print(u.find_spec('kernels') is None, sparrow_kernels.text_window_attention.__module__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["True", "sparrow_kernels"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("sparrow_engine", [True, False])
+def test_draft_attention_op_splits_graphs_only_for_sparrow_engines(monkeypatch, sparrow_engine):
+    """Where vLLM splits its compiled graphs at attention (piecewise CUDA graphs on GPU), a
+    Sparrow engine also splits at the draft's attention op; other engines are left as they are."""
+    from vllm.config import CompilationConfig, CompilationMode
+
+    sparrow_vllm.register()
+    monkeypatch.setattr(vllm_compat, "_building_sparrow_engine", sparrow_engine)
+    cc = CompilationConfig(mode=CompilationMode.VLLM_COMPILE)
+    cc.set_splitting_ops_for_v1(all2all_backend="naive")
+    assert vllm_compat.ATTENTION_OP in cc.splitting_ops
+    assert (vllm_compat.DRAFT_ATTENTION_OP in cc.splitting_ops) == sparrow_engine
