@@ -101,26 +101,26 @@ class SparrowProposer(EagleProposer):
         # The first pass writes the draft KV of every verified text token, k = 0 included:
         # a later step with k > 0 reads it (vLLM's EAGLE proposer does the same).
         last_hidden, prenorm = self._run(input_ids, positions, hidden, ctx)
-        if k == 0:
-            self._prune()
-            out = torch.zeros(step.num_reqs, 0, device=step.device, dtype=torch.int64)
-            if self._dump_path:
-                self._dump_drafts(out, np.where(last_entry >= 0, step.last_tidx, -1), step.partial)
-            return out
-
-        # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
-        # chunk that is all video; vLLM discards drafts of partial prefills).
         has = last_entry >= 0
-        sel = step.to_dev(np.where(has, last_entry, 0))
-        keep = step.to_dev(has, prenorm.dtype)[:, None]
-        state = prenorm[sel] * keep
-        draft, probs = self._sample_draft_tokens(last_hidden[sel] * keep, sampling_metadata)
-        drafts, probs_list = [draft], (None if probs is None else [probs])
         # Requests still in prefill after this step (or recomputing their output after a
         # preemption) get throw-away drafts (vLLM discards them): their chain must not write
         # KV (the slots ahead are not theirs yet) nor read unwritten slots; it attends to
         # their first text token only.
         partial = ~has | step.partial
+        if k == 0:
+            self._prune()
+            out = torch.zeros(step.num_reqs, 0, device=step.device, dtype=torch.int64)
+            if self._dump_path:
+                self._dump_drafts(out, np.where(has, step.last_tidx, -1), partial)
+            return out
+
+        # Sample from each request's last text entry (zeros if it had none, e.g. a prefill
+        # chunk that is all video; vLLM discards drafts of partial prefills).
+        sel = step.to_dev(np.where(has, last_entry, 0))
+        keep = step.to_dev(has, prenorm.dtype)[:, None]
+        state = prenorm[sel] * keep
+        draft, probs = self._sample_draft_tokens(last_hidden[sel] * keep, sampling_metadata)
+        drafts, probs_list = [draft], (None if probs is None else [probs])
         for s in range(1, k):
             ctx = self._chain_context(step, s, partial)
             last_hidden, state = self._run(drafts[-1].to(torch.int32), step.to_dev(step.last_tidx + s), state, ctx)

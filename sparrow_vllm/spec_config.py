@@ -12,6 +12,8 @@ import difflib
 import json
 from pathlib import Path
 
+from sparrow_vllm.draft.config import NUM_SPECULATIVE_TOKENS, anchor_layer_problems  # training's rules
+
 # Keys of the user's speculative config that are Sparrow's, not vLLM's.
 SPARROW_KEYS = ("window_size", "anchor_layers")
 # vLLM 0.32 ``SpeculativeConfig`` fields that apply to a Sparrow draft. Anything else (a typo,
@@ -117,7 +119,7 @@ def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None
     for key, value in want.items():
         if key in sp and sp[key] != value:
             problems.append(f"{key}: draft {sp[key]}, target {value}")
-    problems += _anchor_problems(sp.get("anchor_layers", []), text.num_hidden_layers)
+    problems += anchor_layer_problems(sp.get("anchor_layers", []), text.num_hidden_layers)
     if problems:
         raise SparrowConfigError(
             f"Sparrow draft {draft_dir} was not trained for this target ("
@@ -140,12 +142,6 @@ def check_draft_weights(draft_dir) -> None:
             f"Sparrow draft {draft_dir}: its weights do not match its config.json ("
             + "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
             + "). The draft is damaged or was edited by hand: re-export it with `sparrow train`.")
-
-
-def _anchor_problems(layers, num_layers: int) -> list[str]:
-    from sparrow_vllm.draft.config import anchor_layer_problems  # the rule training applies too
-
-    return anchor_layer_problems(layers, num_layers)
 
 
 def _is_int(x) -> bool:
@@ -171,8 +167,6 @@ def translate(user: dict, target_model_config) -> tuple[dict, dict]:
     source = ""
     if k is None:
         methods = draft.get("speculators_config", {}).get("proposal_methods") or [{}]
-        from sparrow_vllm.draft.config import NUM_SPECULATIVE_TOKENS
-
         k = methods[0].get("speculative_tokens", NUM_SPECULATIVE_TOKENS)
         source = f" (the default of draft {draft_dir}; pass \"num_speculative_tokens\")"
     if not _is_int(k) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
@@ -198,7 +192,7 @@ def validate_overrides(overrides: dict, sparrow: dict, draft_dir, num_layers: in
         if not isinstance(a, list) or not a or not all(_is_int(x) for x in a):
             raise SparrowConfigError(
                 f"anchor_layers must be a list of target layer ids such as {trained}, got {a!r}.")
-        outside = _anchor_problems(a, num_layers)
+        outside = anchor_layer_problems(a, num_layers)
         if outside:
             raise SparrowConfigError(
                 f"anchor_layers={a!r}: " + "; ".join(outside) + f". The draft {draft_dir} was "

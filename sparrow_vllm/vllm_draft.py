@@ -44,7 +44,6 @@ def split_kv_cache(kv_cache: torch.Tensor, num_kv_heads: int, head_size: int):
     )
 
 
-
 @torch.library.custom_op(DRAFT_ATTENTION_OP, mutates_args=())
 def text_window_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              layer_name: str, scale: float) -> torch.Tensor:
