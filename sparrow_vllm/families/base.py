@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -56,9 +55,10 @@ class FamilyAdapter:
     def before_generate(self, model) -> None:
         """Reset per-request state a previous ``generate`` left on the model."""
 
-    def hf_inputs(self, processor, frames: np.ndarray, question: str, answer: str | None = None):
-        """Model inputs of one video question; with ``answer`` also ``labels`` (-100 outside
-        the answer)."""
+    def hf_inputs(self, processor, frames, question: str, answer: str | None = None, history=(),
+                  video_turns=(0,)):
+        """Model inputs of one video question (after ``history``'s turns; ``frames`` one video or
+        one per turn in ``video_turns``); with ``answer`` also ``labels`` (-100 outside the answer)."""
         raise NotImplementedError
 
     def draft_positions(self, model, input_ids: torch.Tensor, inputs) -> torch.Tensor:
@@ -70,12 +70,12 @@ class FamilyAdapter:
         return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
     # ---- vLLM ---------------------------------------------------------------------------
-    def prompt_text(self, processor, question: str, history=()) -> str:
+    def prompt_text(self, processor, question: str, history=(), video_turns=(0,)) -> str:
         """The chat prompt of ``question`` after ``history``'s ``(question, answer)`` turns
-        (the video with the first question)."""
+        (a video with each user turn in ``video_turns``)."""
         raise NotImplementedError
 
-    def vllm_prompt(self, processor, frames: np.ndarray, question: str, history=()) -> dict:
+    def vllm_prompt(self, processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
         """An offline ``LLM.generate`` prompt for a video question (see :meth:`prompt_text`)."""
         raise NotImplementedError
 

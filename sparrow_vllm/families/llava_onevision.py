@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sparrow_vllm.families.base import FamilyAdapter
@@ -28,23 +27,27 @@ class LlavaOneVisionAdapter(FamilyAdapter):
 
         return load_hf_target(target_dir, dtype)
 
-    def hf_inputs(self, processor, frames: np.ndarray, question: str, answer: str | None = None):
+    def hf_inputs(self, processor, frames, question: str, answer: str | None = None, history=(),
+                  video_turns=(0,)):
         from sparrow_vllm.target.llava_onevision import hf_inputs
 
+        _one_video_turn(history, video_turns)
         return hf_inputs(processor, frames, question, answer)
 
     # draft_positions: the base's plain arange (LLaVA-OV has no mRoPE; vLLM gives every
     # token, visual ones included, its index).
 
     # ---- vLLM ---------------------------------------------------------------------------
-    def prompt_text(self, processor, question: str, history=()) -> str:
+    def prompt_text(self, processor, question: str, history=(), video_turns=(0,)) -> str:
         from sparrow_vllm.target.llava_onevision import prompt_text
 
+        _one_video_turn((), video_turns)
         return prompt_text(processor, question, history)
 
-    def vllm_prompt(self, processor, frames: np.ndarray, question: str, history=()) -> dict:
+    def vllm_prompt(self, processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
         from sparrow_vllm.target.llava_onevision import vllm_prompt
 
+        _one_video_turn((), video_turns)
         return vllm_prompt(processor, frames, question, history)
 
     def video_placeholder(self) -> str:
@@ -85,3 +88,11 @@ class LlavaOneVisionAdapter(FamilyAdapter):
         from sparrow_vllm.target.llava_onevision import ASSETS_DIR, VISION_PARTS
 
         return ASSETS_DIR / VISION_PARTS
+
+
+def _one_video_turn(history, video_turns) -> None:
+    """The embedded LLaVA-OneVision target reads one video with its first question (no
+    ``stream`` task), and trains on single-turn answers."""
+    if tuple(video_turns) != (0,) or history:
+        raise ValueError("llava-onevision: one video in the first turn only (the chat and stream tasks "
+                         "are Qwen2.5-VL's for now)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sparrow_vllm.families.base import FamilyAdapter
@@ -28,10 +27,11 @@ class Qwen25VLAdapter(FamilyAdapter):
         # transformers caches the mRoPE offset of the last request on the model.
         model.model.rope_deltas = None
 
-    def hf_inputs(self, processor, frames: np.ndarray, question: str, answer: str | None = None):
+    def hf_inputs(self, processor, frames, question: str, answer: str | None = None, history=(),
+                  video_turns=(0,)):
         from sparrow_vllm.target.prompt import hf_inputs
 
-        return hf_inputs(processor, frames, question, answer)
+        return hf_inputs(processor, frames, question, answer, history, video_turns)
 
     def draft_positions(self, model, input_ids: torch.Tensor, inputs) -> torch.Tensor:
         """The temporal mRoPE component, with vLLM's video timing: what vLLM's EAGLE-3
@@ -47,15 +47,15 @@ class Qwen25VLAdapter(FamilyAdapter):
         pos, _ = model.model.get_rope_index(input_ids[None], mm, video_grid_thw=grid, second_per_grid_ts=sec)
         return pos[0, 0]
 
-    def prompt_text(self, processor, question: str, history=()) -> str:
+    def prompt_text(self, processor, question: str, history=(), video_turns=(0,)) -> str:
         from sparrow_vllm.target.prompt import prompt_text
 
-        return prompt_text(processor, question, history)
+        return prompt_text(processor, question, history, video_turns)
 
-    def vllm_prompt(self, processor, frames: np.ndarray, question: str, history=()) -> dict:
+    def vllm_prompt(self, processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
         from sparrow_vllm.target.prompt import vllm_prompt
 
-        return vllm_prompt(processor, frames, question, history)
+        return vllm_prompt(processor, frames, question, history, video_turns)
 
     def video_placeholder(self) -> str:
         return "<|vision_start|><|video_pad|><|vision_end|>"

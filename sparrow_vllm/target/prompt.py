@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from sparrow_vllm.target.config import VIDEO_FPS
 
 
-def messages(question: str, answer: str | None = None, history=()) -> list[dict]:
-    """A chat over one video: ``history`` holds the earlier ``(question, answer)`` turns; the
-    video comes with the first question."""
+def messages(question: str, answer: str | None = None, history=(), video_turns=(0,)) -> list[dict]:
+    """A chat: ``history`` holds the earlier ``(question, answer)`` turns; each user turn whose
+    index is in ``video_turns`` brings a video (the first one only, by default)."""
     turns = [*history, (question, answer)]
     msgs = []
     for i, (q, a) in enumerate(turns):
-        content = [{"type": "video"}, {"type": "text", "text": q}] if i == 0 else [{"type": "text", "text": q}]
+        content = [{"type": "video"}] if i in video_turns else []
+        content.append({"type": "text", "text": q})
         msgs.append({"role": "user", "content": content})
         if a is not None and i < len(turns) - 1:
             msgs.append({"role": "assistant", "content": a})
@@ -22,9 +21,21 @@ def messages(question: str, answer: str | None = None, history=()) -> list[dict]
     return msgs
 
 
-def prompt_text(processor, question: str, history=()) -> str:
-    return processor.apply_chat_template(messages(question, history=history), add_generation_prompt=True,
-                                         tokenize=False)
+def prompt_text(processor, question: str, history=(), video_turns=(0,)) -> str:
+    return processor.apply_chat_template(messages(question, history=history, video_turns=video_turns),
+                                         add_generation_prompt=True, tokenize=False)
+
+
+def long_turn(sample, turn: int) -> dict:
+    """What answering turn ``turn`` of a long sample (``world.story.LongSample``) takes: the
+    question, the reference answer, the earlier turns with their reference answers, which turns
+    bring a video, and those videos (up to this turn) in order."""
+    turns = sample.turns[:turn + 1]
+    video = sample.frames()
+    return {"question": turns[-1]["question"], "answer": turns[-1]["answer"],
+            "history": [(t["question"], t["answer"]) for t in turns[:-1]],
+            "video_turns": tuple(i for i, t in enumerate(turns) if t["clip"] is not None),
+            "videos": [video[t["clip"][0]:t["clip"][1]] for t in turns if t["clip"] is not None]}
 
 
 def video_metadata(num_frames: int) -> dict:
@@ -39,13 +50,15 @@ def video_metadata(num_frames: int) -> dict:
     }
 
 
-def hf_inputs(processor, frames: np.ndarray, question: str, answer: str | None = None):
+def hf_inputs(processor, frames, question: str, answer: str | None = None, history=(), video_turns=(0,)):
     """Tokenized HF inputs; with ``answer`` also ``labels`` (-100 outside the answer).
+    ``frames``: one video, or a list of one per turn in ``video_turns``.
 
     The answer is tokenized on its own and appended, exactly as generation produces it.
     """
+    videos = list(frames) if isinstance(frames, (list, tuple)) else [frames]
     inputs = processor(
-        text=[prompt_text(processor, question)], videos=[frames], return_tensors="pt",
+        text=[prompt_text(processor, question, history, video_turns)], videos=videos, return_tensors="pt",
         videos_kwargs={"do_sample_frames": False, "fps": VIDEO_FPS},
     )
     # Keep `mm_token_type_ids`: without it transformers 5 silently gives video tokens plain
@@ -86,9 +99,12 @@ def append_tokens(inputs, ids):
     return inputs
 
 
-def vllm_prompt(processor, frames: np.ndarray, question: str, history=()) -> dict:
-    """An offline ``LLM.generate`` prompt for a video question (after ``history``'s turns)."""
+def vllm_prompt(processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
+    """An offline ``LLM.generate`` prompt for a video question (after ``history``'s turns);
+    ``frames`` as in :func:`hf_inputs`."""
+    videos = list(frames) if isinstance(frames, (list, tuple)) else [frames]
+    data = [(v, video_metadata(len(v))) for v in videos]
     return {
-        "prompt": prompt_text(processor, question, history),
-        "multi_modal_data": {"video": (frames, video_metadata(len(frames)))},
+        "prompt": prompt_text(processor, question, history, video_turns),
+        "multi_modal_data": {"video": data if len(data) > 1 else data[0]},
     }

@@ -263,11 +263,13 @@ def _random_object(rng, label: str, appear: float, placed: list[ObjectSpec]) -> 
     return None
 
 
-def random_scene(rng: np.random.Generator, max_tries: int = 1000) -> Scene:
-    """1-3 objects with distinct labels, distinct appearance times (in object order), and
-    disjoint swept areas. Deterministic given the generator state."""
+def random_scene(rng: np.random.Generator, max_tries: int = 1000, objects: tuple[int, ...] = (1, 2, 3)) -> Scene:
+    """1-3 objects (``objects``: the counts allowed) with distinct labels, distinct appearance
+    times (in object order), and disjoint swept areas. Deterministic given the generator state."""
+    counts = {1: 0.3, 2: 0.4, 3: 0.3}
+    weights = np.array([counts[n] for n in objects])
     for _ in range(max_tries):
-        n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+        n = int(rng.choice(list(objects), p=weights / weights.sum()))
         placed: list[ObjectSpec] = []
         appear = float(rng.uniform(0.0, 0.1))
         for _k in range(n):
