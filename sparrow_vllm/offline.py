@@ -39,6 +39,9 @@ def _build_prompts(family, processor, specs: list[dict]) -> list[dict]:
             prompts.append({"prompt": processor.apply_chat_template(
                 [{"role": "user", "content": s["text"]}], add_generation_prompt=True, tokenize=False)})
             continue
+        if s.get("task"):
+            prompts.append(_long_prompt(family, processor, s))
+            continue
         sample = make_sample(s["split"], s["index"], max(16, s["frames"]))
         question = s.get("question") or sample.question
         history = [tuple(t) for t in s.get("history") or ()]  # earlier (question, answer) turns
@@ -48,6 +51,28 @@ def _build_prompts(family, processor, specs: list[dict]) -> list[dict]:
         else:
             prompts.append(family.vllm_prompt(processor, sample.frames(), question, history))
     return prompts
+
+
+def long_prompt_specs(task: str, split: str, indices, frames: int, turn: int | None = None) -> list[dict]:
+    """Prompt descriptions of long-task turns (``world.story``): turn ``turn`` of each sample
+    (default: the last), its earlier turns with their reference answers."""
+    return [{"task": task, "split": split, "index": int(i), "frames": int(frames), "turn": turn} for i in indices]
+
+
+def _long_prompt(family, processor, s: dict) -> dict:
+    """``s["question"]`` (optional): another phrasing of the turn's question;
+    ``s["history_answers"]`` (optional): the answers of the earlier turns to use instead of the
+    reference ones (what the engine itself said, in a multi-turn benchmark)."""
+    from sparrow_vllm.target.prompt import long_turn
+    from sparrow_vllm.world.story import make_long_sample
+
+    sample = make_long_sample(s["task"], s["split"], s["index"], s["frames"])
+    turn = long_turn(sample, len(sample.turns) - 1 if s.get("turn") is None else s["turn"])
+    history = turn["history"]
+    if s.get("history_answers") is not None:
+        history = [(q, a) for (q, _), a in zip(history, s["history_answers"], strict=True)]
+    question = s.get("question") or turn["question"]
+    return family.vllm_prompt(processor, turn["videos"], question, history, turn["video_turns"])
 
 
 def _spec_metrics(llm) -> dict:

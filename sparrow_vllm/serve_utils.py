@@ -169,6 +169,17 @@ def chat_body(model: str, question: str, video_url: str | None = None, max_token
             "messages": [{"role": "user", "content": content}], **kw}
 
 
+def conversation_body(model: str, turns, max_tokens: int = 48, **kw) -> dict:
+    """A greedy chat-completion body for the last of ``turns``: ``(video_url or None, question,
+    answer)`` each, the answers of all but the last given (what the server said before)."""
+    messages = []
+    for i, (url, question, answer) in enumerate(turns):
+        messages += chat_body(model, question, url)["messages"]
+        if i < len(turns) - 1:
+            messages.append({"role": "assistant", "content": answer})
+    return {"model": model, "max_tokens": max_tokens, "temperature": 0, "messages": messages, **kw}
+
+
 def request_json(url: str, body: dict, timeout: float = 300) -> tuple[int, dict]:
     """POST ``body`` as JSON: (HTTP status, parsed response) for successes and errors alike."""
     import urllib.error

@@ -262,3 +262,41 @@ def test_eval_target_sizes_its_kv_cache_by_the_run(target_dir):
     assert kv_cache_gib_for(target_dir, 2**30 // per_token) == 1
     assert kv_cache_gib_for(target_dir, 2**30 // per_token + 1) == 2
     assert kv_cache_gib_for(target_dir, 16 * (25_008 + 512)) == 4  # 16 videos of ~25k: capped
+
+
+def test_long_task_turns_train_on_their_own_answer_after_the_reference_history(target_dir, tmp_path):
+    """A long-task training clip (``--long-share``): the earlier turns' reference answers are in
+    the prompt, one video per streamed clip, and only this turn's answer is labelled."""
+    import random
+
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.target.prompt import long_turn
+    from sparrow_vllm.target.train_vision import long_task_inputs
+    from sparrow_vllm.world.story import make_long_sample
+
+    family = get_family("qwen2.5-vl")
+    processor = family.load_processor(target_dir)
+    tok = processor.tokenizer
+    seen = set()
+    for seed in range(12):
+        rng = random.Random(seed)
+        state = rng.getstate()
+        inputs = long_task_inputs(family, processor, rng, 5)
+        rng.setstate(state)  # the same draws, to know which turn it was
+        task = rng.choice(("narrate", "chat", "stream"))
+        frames = 128 if task == "stream" else rng.choice((64, 128))
+        sample = make_long_sample(task, "train", 5, frames)
+        turn = long_turn(sample, rng.randrange(len(sample.turns)))
+        seen.add(task)
+        labels = inputs["labels"][0]
+        said = tok.decode(labels[labels != -100], skip_special_tokens=True).strip()
+        assert said == turn["answer"]
+        text = tok.decode(inputs["input_ids"][0])
+        assert all(a in text for _, a in turn["history"])
+        assert text.count("<|vision_start|>") == len(turn["videos"]) == len(turn["video_turns"])
+        assert inputs["video_grid_thw"].shape[0] == len(turn["videos"])
+    assert seen == {"narrate", "chat", "stream"}
+    with pytest.raises(ValueError, match="long_share must be in"):
+        from sparrow_vllm.target.train_vision import train_vision
+
+        train_vision(tmp_path / "run", steps=1, long_share=1.5)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     from sparrow_vllm.target.config import PERCEPTION_LEVELS
+    from sparrow_vllm.world.story import LONG_TASKS
 
     p = subparsers.add_parser(
         "build-target", help="assemble an embedded target (SmolLM2 + committed vision parts)",
@@ -70,6 +71,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--questions-per-clip", type=int, default=1,
                    help="train on up to this many questions about each clip in one forward: its own and one of "
                         "each other kind its scene answers, each seeing only the video (target/packing.py)")
+    t.add_argument("--long-share", type=float, default=0.0,
+                   help="this share of the clips are turns of the long tasks instead (narrate, chat, stream over "
+                        "64-128-frame stories, earlier turns teacher-forced; world/story.py)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -77,9 +81,13 @@ def add_parser(subparsers) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--n", type=int, default=100)
     e.add_argument("--frames", type=int, nargs="+", default=[16])
+    e.add_argument("--task", choices=("qa", *LONG_TASKS), default="qa",
+                   help="qa: the short questions; narrate/chat/stream: every turn of the long tasks (through "
+                        "vLLM; event recall/precision and per-turn exact)")
     e.add_argument("--target", type=Path, default=None, help="a target dir (default: the embedded one of --arch)")
     e.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
-    e.add_argument("--out", type=Path, default=Path("benchmarks/results/target_quality.json"))
+    e.add_argument("--out", type=Path, default=None, help="default benchmarks/results/target_quality.json "
+                   "(qa), benchmarks/results/target_quality_long.json (the long tasks)")
     e.add_argument("--from-data", type=Path, nargs="+", default=None, metavar="DIR",
                    help="score the answers stored in `sparrow data` sets instead of running the target "
                         "(their own samples and lengths; --n/--frames/--engine do not apply)")
@@ -132,7 +140,7 @@ def run_train(args) -> int:
                        perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
                        snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
                        grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
-                       questions_per_clip=args.questions_per_clip))
+                       questions_per_clip=args.questions_per_clip, long_share=args.long_share))
     return 0
 
 
@@ -142,6 +150,8 @@ def run_eval(args) -> int:
     from sparrow_vllm.families import family_of, get_family
     from sparrow_vllm.target.evaluate import evaluate, evaluate_data, evaluate_vllm, write_report
 
+    args.out = args.out or Path("benchmarks/results/" + ("target_quality.json" if args.task == "qa"
+                                                          else "target_quality_long.json"))
     if args.from_data is not None:
         results = [evaluate_data(d, args.target) for d in args.from_data]
         for r in results:
@@ -150,6 +160,23 @@ def run_eval(args) -> int:
         return 0
     torch.set_flush_denormal(True)
     target = get_family(args.arch).build_target() if args.target is None else args.target
+    if args.task != "qa":
+        from sparrow_vllm.target.evaluate import evaluate_long
+
+        if args.engine != "vllm":
+            raise SystemExit("sparrow eval-target: the long tasks are scored through vLLM (--engine vllm)")
+        if family_of(target).name != "qwen2.5-vl":
+            raise SystemExit(f"sparrow eval-target: --task {args.task} is Qwen2.5-VL's for now")
+        results = []
+        for f in args.frames:
+            try:
+                r = evaluate_long(target, args.task, args.split, args.n, f)
+            except ValueError as e:  # a stream needs >= 128 frames, ...
+                raise SystemExit(f"sparrow eval-target: {e}") from None
+            print(json.dumps({k: v for k, v in r.items() if k != "rows"}))
+            results.append(r)
+        write_report(results, args.out)
+        return 0
     if args.engine == "transformers":
         family = family_of(target)
         model, processor = family.load_hf(target), family.load_processor(target)

@@ -70,6 +70,55 @@ def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 1
     return _summary(rows, split, n, num_frames, start_index, t0, family) | {"engine": "vllm"} | _stamp(target)
 
 
+# Answer budget of a long-task turn: the longest reference narration (~540 tokens at 50k
+# visual tokens) with room to spare.
+LONG_MAX_TOKENS = 768
+
+
+def evaluate_long(target, task: str, split: str = "test", n: int = 20, num_frames: int = 128,
+                  start_index: int = 0, max_num_seqs: int = 8) -> dict:
+    """Greedy answers to every turn of ``n`` long-task samples (``world.story``) through vLLM,
+    each turn after the reference answers of the turns before it: per turn exact (the whole
+    answer) and, where the reference is a narration, event recall and precision
+    (``score_narration``); the summary averages them over turns."""
+    from sparrow_vllm.offline import long_prompt_specs, run_engine_subprocess
+    from sparrow_vllm.world.story import make_long_sample, parse_narration, score_narration
+
+    t0 = time.time()
+    family = family_of(target)
+    samples = [make_long_sample(task, split, i, num_frames) for i in range(start_index, start_index + n)]
+    specs = [spec for s in samples for t in range(len(s.turns))
+             for spec in long_prompt_specs(task, split, [s.index], num_frames, t)]
+    videos = max(sum(t["clip"] is not None for t in s.turns) for s in samples)
+    max_model_len = family.visual_tokens(num_frames) + 4096
+    run = run_engine_subprocess({
+        "target": str(target), "prompts": specs, "sampling": {"max_tokens": LONG_MAX_TOKENS},
+        "engine": {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len,
+                   "limit_mm_per_prompt": {"video": videos, "image": 1}},
+        "kv_cache_gib": kv_cache_gib_for(target, min(len(specs), max_num_seqs) * max_model_len),
+    }, timeout=4 * 3600)
+    rows, outs = [], iter(run["outputs"])
+    for s in samples:
+        for t, turn in enumerate(s.turns):
+            out = next(outs)
+            answer, ref = out["text"].strip(), turn["answer"]
+            row = {"id": s.id, "turn": t, "question": turn["question"], "reference": ref, "answer": answer,
+                   "exact": " ".join(answer.split()) == " ".join(ref.split()),
+                   "output_tokens": len(out["token_ids"]), "finish_reason": out["finish_reason"]}
+            if parse_narration(ref):
+                row.update(score_narration(ref, answer))
+            rows.append(row)
+    narrated = [r for r in rows if "recall" in r]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {"family": family.name, "task": task, "split": split, "n": n, "turns": len(rows),
+            "num_frames": num_frames, "visual_tokens": family.visual_tokens(num_frames),
+            "exact_per_turn": mean([r["exact"] for r in rows]),
+            "event_recall": mean([r["recall"] for r in narrated]),
+            "event_precision": mean([r["precision"] for r in narrated]),
+            "output_tokens_mean": mean([r["output_tokens"] for r in rows]),
+            "seconds": round(time.time() - t0, 1), "engine": "vllm", "rows": rows} | _stamp(target)
+
+
 def _stamp(target) -> dict:
     """An embedded target's build record (which vision parts it holds), if it is one."""
     stamp = Path(target) / "sparrow_target.json"
@@ -143,7 +192,7 @@ def _summary(rows, split, n, num_frames, start_index, t0, family) -> dict:
 def write_report(results: list[dict], path: Path) -> None:
     """Rows of ``path`` for other (family, split, visual tokens) stay; these replace their own."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = lambda r: (r.get("family", "qwen2.5-vl"), r["split"], r["visual_tokens"])  # noqa: E731
+    key = lambda r: (r.get("family", "qwen2.5-vl"), r.get("task", "qa"), r["split"], r["visual_tokens"])  # noqa: E731
     old = json.loads(path.read_text()) if path.exists() else []
     new = {key(r) for r in results}
     rows = [r for r in old if key(r) not in new] + results

@@ -42,6 +42,22 @@ SIMULATED_SHARE = 0.75
 # Mostly short clips (cheap: the frozen 135M LM dominates the step), some longer ones so
 # the model sees events spread over time.
 FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
+# Long-task clips (world/story.py; a stream needs >= 128 frames): 1-2 episodes, 0.5-1k visual tokens.
+LONG_FRAME_CHOICES = (64, 128)
+
+
+def long_task_inputs(adapter, processor, rng: random.Random, index: int):
+    """Inputs of one long-task turn (task, length and turn drawn from ``rng``), the earlier
+    turns teacher-forced with their reference answers, ``labels`` on this turn's answer."""
+    from sparrow_vllm.target.prompt import long_turn
+    from sparrow_vllm.world.story import LONG_TASKS, make_long_sample
+
+    task = rng.choice(LONG_TASKS)
+    frames = 128 if task == "stream" else rng.choice(LONG_FRAME_CHOICES)
+    sample = make_long_sample(task, "train", index, frames)
+    turn = long_turn(sample, rng.randrange(len(sample.turns)))
+    return adapter.hf_inputs(processor, turn["videos"], turn["question"], turn["answer"], turn["history"],
+                             turn["video_turns"])
 
 
 def _load_parts(path: Path) -> dict[str, torch.Tensor]:
@@ -119,7 +135,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
                  perception_level: str = "token", perception_tower_lr: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
-                 grounding_head: int = 1, questions_per_clip: int = 1) -> Path:
+                 grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
@@ -141,7 +157,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     ``grounding_head`` of LM layer ``grounding_layer`` looks at the object the question is about)
     to the LM loss. ``questions_per_clip``: train on up to this many questions about each clip in
     one forward (the clip's own and one of each other kind its scene answers, each seeing only
-    the video and itself: ``target/packing.py``; 1: the clip's own question only)."""
+    the video and itself: ``target/packing.py``; 1: the clip's own question only).
+    ``long_share``: this share of the clips are turns of the long tasks instead (narrate, chat,
+    stream: ``long_task_inputs``; no perception, grounding or packing on those). Qwen2.5-VL only."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -164,6 +182,10 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if questions_per_clip > 1 and (adapter.name != "qwen2.5-vl" or grounding_weight):
         raise ValueError("questions_per_clip > 1 packs Qwen2.5-VL prompts and does not combine with the grounding "
                          "loss (it reads one question's answer)")
+    if not 0 <= long_share <= 1:
+        raise ValueError(f"long_share must be in [0, 1], got {long_share}")
+    if long_share and adapter.name != "qwen2.5-vl":
+        raise ValueError("the long tasks (chat, stream) are Qwen2.5-VL's for now; not for " + adapter.name)
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
@@ -183,6 +205,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                "lora_rank": lora_rank, "lora_lr": lora_lr, "perception_weight": perception_weight,
                "grounding_weight": grounding_weight, "grounding_layer": grounding_layer,
                "grounding_head": grounding_head, "questions_per_clip": questions_per_clip}
+    if long_share:  # older checkpoints lack it: a run without long tasks resumes them
+        options["long_share"] = long_share
     changed = {k: (v, options[k]) for k, v in (state or {}).get("options", {}).items() if options.get(k) != v}
     if changed:
         raise ValueError(f"{ckpt} was trained with other options: "
@@ -265,7 +289,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                     "opt": opt.state_dict(), "sched": sched.state_dict(), "step": 0,
                     "perception_level": perception_level, "options": options}, ckpt)
     model.train()
-    running, by_length, seen, grounded = [], {"real": [], "simulated": []}, [], []
+    running, by_length, seen, grounded = [], {"real": [], "simulated": [], "long": []}, [], []
     t0 = time.time()
     _grounding[0] = grounding
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="train vision"):
@@ -274,10 +298,13 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         for micro in range(accum):
             # other seeds see other clips (seed 0 as before)
             idx = (step * accum + micro + (100_000 if init else 0) + seed * 200_000) % 900_000
-            sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
-            inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
-            extra = {}
-            if questions_per_clip > 1:
+            extra, is_long = {}, long_share and rng.random() < long_share
+            if is_long:
+                sample, inputs = None, long_task_inputs(adapter, processor, rng, idx)
+            else:
+                sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
+                inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
+            if questions_per_clip > 1 and not is_long:
                 inputs, extra["position_ids"], _key_blocks[0] = pack_questions(
                     model, processor, inputs, clip_questions(sample, questions_per_clip))
             m = 1.0
@@ -288,11 +315,11 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             try:
                 out = model(**inputs, **extra)
                 loss = out.loss
-                if heads is not None:
+                if heads is not None and not is_long:
                     perceived = heads(captured[0], labels_of(sample))
                     loss = loss + perception_weight * perceived["loss"]
                     seen.append({k: float(v.detach()) for k, v in perceived.items()})
-                subject = subject_tokens(sample) if grounding is not None else None
+                subject = subject_tokens(sample) if grounding is not None and not is_long else None
                 if subject is not None:
                     looked = grounding.loss(is_visual, subject, inputs["labels"][0], _visual_key_bias[0])
                     loss = loss + grounding_weight * looked
@@ -301,7 +328,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             finally:
                 _visual_key_bias[0] = _key_blocks[0] = None
             loss_sum += out.loss.item() / accum
-            by_length["real" if m == 1.0 else "simulated"].append(out.loss.item())
+            by_length["long" if is_long else "real" if m == 1.0 else "simulated"].append(out.loss.item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -309,13 +336,13 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         if (step + 1) % log_every == 0 or step + 1 == steps:
             rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
                    "elapsed_s": round(time.time() - t0, 1)}
-            if simulate_tokens:
+            if simulate_tokens or long_share:
                 rec.update({f"loss_{k}": sum(v) / len(v) for k, v in by_length.items() if v})
             if seen:
                 rec.update({f"perception_{k}": float(np.nanmean([x[k] for x in seen])) for k in seen[0]})
             if grounded:
                 rec["grounding_loss"] = sum(grounded) / len(grounded)
-            running, by_length, seen, grounded = [], {"real": [], "simulated": []}, [], []
+            running, by_length, seen, grounded = [], {"real": [], "simulated": [], "long": []}, [], []
             log.write(json.dumps(rec) + "\n")
             log.flush()
             tqdm.write(json.dumps(rec))
@@ -363,6 +390,7 @@ if __name__ == "__main__":
     ap.add_argument("--grounding-layer", type=int, default=19)
     ap.add_argument("--grounding-head", type=int, default=1)
     ap.add_argument("--questions-per-clip", type=int, default=1)
+    ap.add_argument("--long-share", type=float, default=0.0)
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
@@ -371,4 +399,4 @@ if __name__ == "__main__":
                        perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr,
                        snapshot_every=a.snapshot_every, grounding_weight=a.grounding_weight,
                        grounding_layer=a.grounding_layer, grounding_head=a.grounding_head,
-                       questions_per_clip=a.questions_per_clip))
+                       questions_per_clip=a.questions_per_clip, long_share=a.long_share))

