@@ -1,6 +1,8 @@
 """Markdown tables for the README, from the JSON results in benchmarks/results/.
 
     python benchmarks/report.py kernels|target|drafts|study|per_video|tau|offline|serve|reliability|summary|compiled [ARCH]
+    python benchmarks/report.py long [FILE]          # bench_long.py cells (default results/long_workloads.json)
+    python benchmarks/report.py target_long          # eval-target --task narrate/chat/stream
 
 ARCH (target, drafts, offline, serve, summary): qwen2.5-vl (default) or llava-onevision, whose
 results live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
@@ -327,10 +329,78 @@ def summary(arch: str = DEFAULT_ARCH) -> str:
     return "\n".join(out)
 
 
+def long(path: str | None = None) -> str:
+    """benchmarks/bench_long.py: one row per (task, visual tokens), methods side by side; also
+    writes its plot (``<file>.png``: tau and decode speedup vs visual tokens, per task)."""
+    path = Path(path) if path else RESULTS / "long_workloads.json"
+    d = json.loads(path.read_text())
+    cells = {(c["task"], c["visual_tokens"], c["method"]): c for c in d["cells"] if c["batch"] == 1}
+    out = ["| task | visual tokens | requests / output tokens | none: decode tok/s | eagle3: tau / speedup "
+           "| sparrow: tau / speedup | sparrow vs eagle3 | greedy mismatches (eagle3 / sparrow) |",
+           "|---|---|---|---|---|---|---|---|"]
+
+    def ts(c):
+        return f"{c['tau'] or 1:.2f} / {c['speedup_vs_none']:.2f}x" if c and c.get("speedup_vs_none") else "-"
+
+    for task, v in sorted({(t, v) for t, v, _ in cells}):
+        n, e, sp = (cells.get((task, v, m)) for m in ("none", "eagle3", "sparrow"))
+        first = n or e or sp
+        vs = f"{sp['speedup_vs_eagle3']:.2f}x" if sp and sp.get("speedup_vs_eagle3") else "-"
+        mm = " / ".join(str(c.get("greedy_mismatches", "-")) if c else "-" for c in (e, sp))
+        plain = f"{n['decode_tok_s']:.1f}" if n and n["decode_tok_s"] else "-"
+        out.append(f"| {task} | {v:,} | {first['requests']} / {first['output_tokens']:,} | {plain} | {ts(e)} "
+                   f"| {ts(sp)} | {vs} | {mm} |")
+    hw = d["hardware"]
+    out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy; "
+               f"`{d.get('command', 'python benchmarks/bench_long.py')}`.")
+    _plot_long(d["cells"], path.with_suffix(".png"))
+    return "\n".join(out)
+
+
+def _plot_long(cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({c["task"] for c in cells})
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
+    for j, task in enumerate(tasks):
+        for m, style in (("eagle3", "s--"), ("sparrow", "o-")):
+            rs = sorted((c for c in cells if c["task"] == task and c["method"] == m and c["batch"] == 1),
+                        key=lambda c: c["visual_tokens"])
+            x = [c["visual_tokens"] for c in rs]
+            axes[0][j].plot(x, [c["tau"] or 1 for c in rs], style, label=m)
+            axes[1][j].plot(x, [c.get("speedup_vs_none") or 0 for c in rs], style, label=m)
+        axes[0][j].set_title(task)
+        for ax in axes[:, j]:
+            ax.set_xscale("log")
+            ax.set_xlabel("visual tokens")
+        axes[0][j].set_ylabel("tau (k=5)")
+        axes[1][j].set_ylabel("decode speedup vs none")
+        axes[1][j].axhline(1.0, color="grey", lw=0.5)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def target_long() -> str:
+    """eval-target --task narrate/chat/stream (results/target_quality_long.json)."""
+    rows = json.loads((RESULTS / "target_quality_long.json").read_text())
+    out = ["| task | visual tokens | samples / turns | exact per turn | event recall | event precision "
+           "| output tokens (mean) |", "|---|---|---|---|---|---|---|"]
+    f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    for r in sorted(rows, key=lambda r: (r["task"], r["visual_tokens"])):
+        out.append(f"| {r['task']} | {r['visual_tokens']:,} | {r['n']} / {r['turns']} | {_pct(r['exact_per_turn'])} "
+                   f"| {f(r['event_recall'])} | {f(r['event_precision'])} | {r['output_tokens_mean']:.0f} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
-              "compiled": compiled}
+              "compiled": compiled, "long": long, "target_long": target_long}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))

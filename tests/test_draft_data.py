@@ -337,3 +337,38 @@ def test_eval_target_scores_the_answers_a_dataset_stores(target, full_data, tmp_
     assert report["answers_at_token_cap"] == capped
     with pytest.raises(ValueError, match="not the target that answered"):
         evaluate_data(full_data, target=write_tiny_target(tmp_path / "other", 1))
+
+
+def test_long_task_data_holds_one_turn_after_the_reference_history(target, tmp_path):
+    """--task chat/stream: sample i is turn i % turns of its conversation; the stored sequence is
+    that turn's prompt (earlier questions and reference answers, one video per streamed clip)
+    followed by the target's greedy answer; text rows only (no visual positions)."""
+    from sparrow_vllm.target.prompt import long_turn
+    from sparrow_vllm.world.story import make_long_sample
+
+    out = tmp_path / "chat"
+    m = generate_dataset(target, out, spec(task="chat", n=3, num_frames=64, all_positions=False, shard_size=3),
+                         progress=False)
+    assert m["settings"]["task"] == "chat"
+    _, samples = load_samples(out)
+    ids = m["shards"]["0"]["samples"]
+    assert [i.rsplit("-", 1)[1] for i in ids] == ["turn0", "turn1", "turn2"]
+    from transformers import AutoProcessor
+
+    tok = AutoProcessor.from_pretrained(str(target)).tokenizer
+    for i, (sid, rec) in enumerate(zip(ids, samples)):
+        turn = long_turn(make_long_sample("chat", "train", i, 64), i)
+        text = tok.decode(rec["ids"][:int(rec["response_start"])])
+        assert turn["question"] in text and all(a in text for _, a in turn["history"])
+        assert (rec["text_index"] >= 0).all()  # text positions only
+    with pytest.raises(ValueError, match="at least 128 frames"):
+        spec(task="stream", num_frames=64)
+    with pytest.raises(ValueError, match="task 'caption'"):
+        spec(task="caption")
+    with pytest.raises(ValueError, match="qa task only"):
+        spec(task="narrate", repeat_answers=2, num_frames=64)
+    m = generate_dataset(target, tmp_path / "stream", spec(task="stream", n=2, num_frames=128, all_positions=False,
+                                                          shard_size=2), progress=False)
+    _, samples = load_samples(tmp_path / "stream")
+    text = tok.decode(samples[1]["ids"])
+    assert text.count("<|vision_start|>") == 2  # turn 1 of a stream: two clips

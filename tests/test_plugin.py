@@ -151,3 +151,16 @@ def test_draft_attention_op_splits_graphs_only_for_sparrow_engines(monkeypatch, 
     cc.set_splitting_ops_for_v1(all2all_backend="naive")
     assert vllm_compat.ATTENTION_OP in cc.splitting_ops
     assert (vllm_compat.DRAFT_ATTENTION_OP in cc.splitting_ops) == sparrow_engine
+
+
+def test_eagle3_baselines_are_benchmark_artifacts_not_package_data():
+    """The installed package ships the Sparrow drafts only; the EAGLE-3 baselines live in the
+    repository's benchmarks/drafts."""
+    from sparrow_vllm import draft_assets
+
+    shipped = {p.name for p in draft_assets.DRAFTS_DIR.iterdir()}
+    assert shipped == {d["sparrow"] for d in draft_assets.EMBEDDED_DRAFTS.values()}
+    for name in draft_assets.EMBEDDED_DRAFTS:
+        d = draft_assets.default_drafts(name)
+        assert d["sparrow"].parent == draft_assets.DRAFTS_DIR
+        assert d["eagle3"].parent == draft_assets.BASELINES_DIR and d["eagle3"].parent.parent.name == "benchmarks"

@@ -63,6 +63,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layers", type=_layers, default=[2, 8, 15, 22, 27],
                    help="target layers whose input hidden states are stored (default 2,8,15,22,27)")
     p.add_argument("--all-positions", action="store_true", help="also keep visual positions (EAGLE-3 baseline)")
+    p.add_argument("--task", default="qa", choices=["qa", "narrate", "chat", "stream"],
+                   help="qa: the short questions; narrate/chat/stream: the long tasks (world/story.py), sample i "
+                        "one turn of its conversation after the reference answers before it (give a larger "
+                        "--max-new-tokens, e.g. 768)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=16, help="samples per shard")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
@@ -119,10 +123,13 @@ def run_data(args) -> int:
     _check_ray_args(args)
     _threads(args.threads)
     frames = args.frames or family_of(args.target).frames_for_visual_tokens(args.visual_tokens)
-    spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
-                    all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
-                    shard_size=args.shard_size, start=args.start, dtype=args.dtype,
-                    repeat_answers=args.repeat_answers)
+    try:
+        spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
+                        all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
+                        shard_size=args.shard_size, start=args.start, dtype=args.dtype,
+                        repeat_answers=args.repeat_answers, task=args.task)
+    except ValueError as e:
+        raise SystemExit(f"sparrow data: {e}") from None
     if args.ray:
         from sparrow_vllm.draft.ray_data import generate_dataset_ray
 

@@ -110,11 +110,15 @@ def check_draft_compatible(manifest: dict, cfg) -> None:
 # ---- one sample -------------------------------------------------------------------------------
 @torch.no_grad()
 def extract_sample(model, processor, frames, question: str, layers: list[int], all_positions: bool,
-                   max_new_tokens: int, dtype=torch.float16, repeat_answers: int = 1) -> dict[str, torch.Tensor]:
+                   max_new_tokens: int, dtype=torch.float16, repeat_answers: int = 1, history=(),
+                   video_turns=(0,)) -> dict[str, torch.Tensor]:
     """Greedy answer + states of one sample; tensors as in the module docstring (one sample).
-    ``repeat_answers`` > 1: the answer repeated and teacher-forced (:func:`_repeat_answer`)."""
+    ``repeat_answers`` > 1: the answer repeated and teacher-forced (:func:`_repeat_answer`).
+    ``history``, ``video_turns``: earlier turns of a conversation (``frames`` then one video per
+    turn in ``video_turns``), as in ``FamilyAdapter.hf_inputs``."""
     family = family_of(model.config)
-    inputs = family.hf_inputs(processor, frames, question).to(model.device)  # GPU actors of `--ray`
+    inputs = family.hf_inputs(processor, frames, question, history=history,
+                              video_turns=video_turns).to(model.device)  # GPU actors of `--ray`
     prompt_len = inputs["input_ids"].shape[1]
     tok = processor.tokenizer
     eos = family.eos_token_ids(tok)
@@ -216,10 +220,37 @@ class DataSpec:
     start: int = 0
     dtype: str = "float16"
     repeat_answers: int = 1  # > 1: training rows inside a repetition (module docstring)
+    task: str = "qa"  # or a long task of world/story.py: sample i is turn i % turns of its conversation
 
     def __post_init__(self):
+        from sparrow_vllm.world.story import LONG_TASKS
+
         if self.repeat_answers < 1:
             raise ValueError(f"repeat_answers={self.repeat_answers}: must be >= 1 (1 = the plain greedy answer)")
+        if self.task not in ("qa", *LONG_TASKS):
+            raise ValueError(f"task {self.task!r}: expected qa or one of {', '.join(LONG_TASKS)}")
+        if self.task != "qa" and self.repeat_answers > 1:
+            raise ValueError("repeat_answers applies to the qa task only")
+        if self.task != "qa":
+            from sparrow_vllm.world.story import make_long_sample
+
+            make_long_sample(self.task, self.split, self.start, self.num_frames)  # a stream needs >= 128 frames
+
+    def sample(self, i: int):
+        """``(id, frames, question, history, video_turns)`` of sample ``i``: a short question, or
+        one turn of a long-task conversation after its earlier turns' reference answers."""
+        if self.task == "qa":
+            from sparrow_vllm.world import make_sample
+
+            s = make_sample(self.split, i, self.num_frames)
+            return s.id, s.frames(), s.question, (), (0,)
+        from sparrow_vllm.target.prompt import long_turn
+        from sparrow_vllm.world.story import make_long_sample
+
+        s = make_long_sample(self.task, self.split, i, self.num_frames)
+        t = i % len(s.turns)
+        turn = long_turn(s, t)
+        return f"{s.id}-turn{t}", turn["videos"], turn["question"], turn["history"], turn["video_turns"]
 
     def settings(self) -> dict:
         s = {"split": self.split, "num_frames": self.num_frames, "layers": list(self.layers),
@@ -227,6 +258,8 @@ class DataSpec:
              "shard_size": self.shard_size, "start": self.start, "dtype": self.dtype}
         if self.repeat_answers > 1:  # absent otherwise: datasets written before it stay valid
             s["repeat_answers"] = self.repeat_answers
+        if self.task != "qa":  # likewise
+            s["task"] = self.task
         return s
 
 
@@ -297,17 +330,15 @@ def write_shard(model, processor, spec: DataSpec, k: int, out_dir, on_sample=Non
     (single process or Ray actors): same inputs, same bytes."""
     from safetensors.torch import save_file
 
-    from sparrow_vllm.world import make_sample
-
     out_dir = Path(out_dir)
     indices = range(spec.start + k * spec.shard_size, spec.start + min(spec.n, (k + 1) * spec.shard_size))
     samples, ids = [], []
     for i in indices:
-        s = make_sample(spec.split, i, spec.num_frames)
-        rec = extract_sample(model, processor, s.frames(), s.question, spec.layers, spec.all_positions,
-                             spec.max_new_tokens, DTYPES[spec.dtype], spec.repeat_answers)
+        sid, frames, question, history, video_turns = spec.sample(i)
+        rec = extract_sample(model, processor, frames, question, spec.layers, spec.all_positions,
+                             spec.max_new_tokens, DTYPES[spec.dtype], spec.repeat_answers, history, video_turns)
         samples.append(rec)
-        ids.append(s.id)
+        ids.append(sid)
         if on_sample is not None:
             on_sample()
     name = f"shard-{k:05d}.safetensors"

@@ -48,8 +48,9 @@ for d in $SP $EA; do
   for v in $SIZES; do
     log "eval $d $v"; $S eval-draft --target "$T" --draft "$R/$d" --data "$R/data/test$v" --k 1 3 5 --threads 2 --out "$R/eval/$d.$v.json" > "$R/logs/eval_$d.$v.log" 2>&1
   done
-  mkdir -p "sparrow_vllm/assets/drafts/$d"
-  cp "$R/$d/config.json" "$R/$d/model.safetensors" "$R/$d/training.json" "sparrow_vllm/assets/drafts/$d/"
+  if [ "$d" = "$SP" ]; then home=sparrow_vllm/assets/drafts; else home=benchmarks/drafts; fi  # baselines: not installed
+  mkdir -p "$home/$d"
+  cp "$R/$d/config.json" "$R/$d/model.safetensors" "$R/$d/training.json" "$home/$d/"
 done
 .venv/bin/python - "$R" "$SP $EA" "$SIZES" "$EVAL_OUT" <<'PY'
 import json, sys

@@ -71,6 +71,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--questions-per-clip", type=int, default=1,
                    help="train on up to this many questions about each clip in one forward: its own and one of "
                         "each other kind its scene answers, each seeing only the video (target/packing.py)")
+    t.add_argument("--log-every", type=int, default=25, help="log (and checkpoint) every this many steps")
     t.add_argument("--long-share", type=float, default=0.0,
                    help="this share of the clips are turns of the long tasks instead (narrate, chat, stream over "
                         "64-128-frame stories, earlier turns teacher-forced; world/story.py)")
@@ -134,6 +135,7 @@ def run_train(args) -> int:
 
     out = args.out or Path("runs/target" if args.arch == "qwen2.5-vl" else f"runs/target-{args.arch}")
     print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
+                       log_every=args.log_every,
                        family=args.arch, simulate_tokens=args.simulate_tokens, lora_rank=args.lora_rank,
                        lora_lr=args.lora_lr, perception_weight=args.perception_weight,
                        perception_steps=args.perception_steps,
@@ -153,7 +155,10 @@ def run_eval(args) -> int:
     args.out = args.out or Path("benchmarks/results/" + ("target_quality.json" if args.task == "qa"
                                                           else "target_quality_long.json"))
     if args.from_data is not None:
-        results = [evaluate_data(d, args.target) for d in args.from_data]
+        try:
+            results = [evaluate_data(d, args.target) for d in args.from_data]
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"sparrow eval-target: {e}") from None
         for r in results:
             print(json.dumps({k: v for k, v in r.items() if k != "rows"}))
         write_report(results, args.out)

@@ -139,6 +139,9 @@ def evaluate_data(data_dir, target=None) -> dict:
     t0 = time.time()
     manifest = load_manifest(data_dir)
     st = manifest["settings"]
+    if st.get("task", "qa") != "qa":
+        raise ValueError(f"{data_dir} holds {st['task']} turns: --from-data scores qa datasets (score the long "
+                         "tasks with eval-target --task)")
     if st.get("repeat_answers", 1) > 1:
         raise ValueError(f"{data_dir} stores repeated answers (--repeat-answers): not the target's own answers")
     target = Path(target or manifest["target"]["path"])
