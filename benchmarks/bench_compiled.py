@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_offline import QUESTIONS, summarize  # noqa: E402
 from common import hardware  # noqa: E402
-from sparrow_vllm.offline import run_engine_subprocess  # noqa: E402
+from sparrow_vllm.harness.offline import run_engine_subprocess  # noqa: E402
 
 # name -> (engine enforce_eager, speculative_config extras; None: no speculation)
 ENGINES = {
@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "compiled_vs_eager.json")
     args = ap.parse_args()
 
-    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.serving.defaults import default_drafts
     from sparrow_vllm.families import get_family
 
     family = get_family("qwen2.5-vl")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from common import hardware  # noqa: E402
-from sparrow_vllm.serve_utils import (Server, chat_body, finished_in_engine, load_figures, metric_value,  # noqa: E402
+from sparrow_vllm.harness.server import (Server, chat_body, finished_in_engine, load_figures, metric_value,  # noqa: E402
                                       run_streams, spec_decode_stats, stream_chat, write_mp4)
 
 QUESTIONS = ["Describe the video.", "How many objects appear in the video?"]
@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "reliability.json"))
     args = ap.parse_args()
 
-    from sparrow_vllm.spec_config import default_draft_for
+    from sparrow_vllm.serving.config import default_draft_for
     from sparrow_vllm.target.build import build_target
 
     target = args.target or str(build_target())

@@ -89,7 +89,7 @@ def add_ratios(cells: list[dict]) -> None:
 
 def run_group(family, target: str, method: str, spec_cfg, visual_tokens: int, cells: list[dict], args) -> list[dict]:
     """One engine for ``method`` at one length; a cell per planned task."""
-    from sparrow_vllm.offline import run_engine_subprocess
+    from sparrow_vllm.harness.offline import run_engine_subprocess
     from sparrow_vllm.target.evaluate import kv_cache_gib_for
 
     max_model_len = visual_tokens + 4096
@@ -131,7 +131,7 @@ def main() -> int:
     args.visual_tokens = args.visual_tokens or [1024, 4096, 25600]
     args.requests, args.videos = args.requests or 16, args.videos or 4
 
-    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.serving.defaults import default_drafts
     from sparrow_vllm.families import get_family
 
     family = get_family("qwen2.5-vl")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from common import hardware  # noqa: E402
-from sparrow_vllm.offline import run_engine_subprocess  # noqa: E402
+from sparrow_vllm.harness.offline import run_engine_subprocess  # noqa: E402
 
 QUESTIONS = ["Describe the video.", "How many objects appear in the video?", "Which object appears first?",
              "Which object disappears?"]
@@ -100,7 +100,7 @@ def main() -> int:
     args.out = args.out or ROOT / "results" / ("bench_offline.json" if args.arch == "qwen2.5-vl"
                                                else f"bench_offline_{args.arch}.json")
 
-    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.serving.defaults import default_drafts
     from sparrow_vllm.families import get_family
 
     family = get_family(args.arch)

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from common import hardware  # noqa: E402
-from sparrow_vllm.serve_utils import Server, chat_body, spec_decode_stats, stream_chat, write_mp4  # noqa: E402
+from sparrow_vllm.harness.server import Server, chat_body, spec_decode_stats, stream_chat, write_mp4  # noqa: E402
 
 QUESTIONS = [None, "Describe the video."]  # None: the sample's own question
 
@@ -197,7 +197,7 @@ def main() -> int:
     # A SIGTERM (e.g. a test timeout) unwinds through the `with Server` blocks, stopping servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.serving.defaults import default_drafts
     from sparrow_vllm.families import get_family
 
     deadline = time.time() + args.time_budget

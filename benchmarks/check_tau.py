@@ -58,7 +58,7 @@ def main() -> int:
 
     from sparrow_vllm.draft.data import load_manifest
     from sparrow_vllm.families import family_of
-    from sparrow_vllm.offline import run_engine_subprocess
+    from sparrow_vllm.harness.offline import run_engine_subprocess
 
     manifest = load_manifest(args.data)
     target = Path(manifest["target"]["path"])  # the target the data was extracted from

@@ -43,7 +43,7 @@ def _install_excepthook() -> None:
         return
 
     def hook(exc_type, exc, tb):
-        from sparrow_vllm.spec_config import SparrowConfigError
+        from sparrow_vllm.serving.config import SparrowConfigError
 
         if isinstance(exc, (SparrowConfigError, UnsupportedVLLMVersion)):
             sys.stderr.write(f"error: {exc}\n")
@@ -65,7 +65,7 @@ def register() -> None:
         return
     _registered = True
     _install_excepthook()
-    from sparrow_vllm import vllm_compat
+    from sparrow_vllm.serving import vllm_compat
 
     try:
         check_vllm_version()

@@ -10,7 +10,7 @@ import sys
 SUBCOMMANDS = {
     "world": "sparrow_vllm.world.cli",
     "build-target": "sparrow_vllm.target.cli",  # also train-target, eval-target
-    "demo": "sparrow_vllm.demo",
+    "demo": "sparrow_vllm.harness.demo",
     "data": "sparrow_vllm.draft.cli",  # also train, eval-draft
 }
 

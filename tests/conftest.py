@@ -32,7 +32,7 @@ def random_draft(target_dir, tmp_path_factory) -> Path:
 def sparrow_draft(target_dir, random_draft) -> Path:
     """The committed default draft of the embedded target (random weights as a fallback
     while none is committed: losslessness must hold for any draft)."""
-    from sparrow_vllm.spec_config import SparrowConfigError, default_draft_for
+    from sparrow_vllm.serving.config import SparrowConfigError, default_draft_for
 
     try:
         return default_draft_for(str(target_dir))
@@ -54,7 +54,7 @@ def _committed_or_random(target_dir, method: str, tmp_path_factory) -> Path:
     import json
 
     from draft_factory import write_random_draft
-    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.serving.defaults import default_drafts
 
     name = json.loads((Path(target_dir) / "sparrow_target.json").read_text())["name"]
     try:

@@ -83,7 +83,7 @@ def test_training_and_serving_share_one_anchor_layer_rule():
     cannot be trained that the server refuses."""
     from types import SimpleNamespace
 
-    from sparrow_vllm.spec_config import check_draft_matches_target
+    from sparrow_vllm.serving.config import check_draft_matches_target
 
     target = SimpleNamespace(hidden_size=576, num_hidden_layers=30, vocab_size=49156)
     for layer in range(-1, 33):

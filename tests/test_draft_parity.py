@@ -18,8 +18,8 @@ import json
 import numpy as np
 import pytest
 
-from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
-from sparrow_vllm.text_positions import RequestText
+from sparrow_vllm.harness.offline import run_engine_subprocess, world_prompt_specs
+from sparrow_vllm.serving.text_positions import RequestText
 
 pytestmark = pytest.mark.vllm
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.vllm
 
 SCRIPT = """
 import gc, json, sys
-from sparrow_vllm.cpu_env import apply_cpu_defaults
+from sparrow_vllm.serving.cpu_env import apply_cpu_defaults
 apply_cpu_defaults(1)
 from vllm import LLM, SamplingParams
 
@@ -30,7 +30,7 @@ print("KINDS " + json.dumps(kinds))
 
 
 def test_eagle3_engine_after_sparrow_engine_gets_vllms_proposer(target_dir, sparrow_draft):
-    from sparrow_vllm.draft_assets import default_drafts
+    from sparrow_vllm.serving.defaults import default_drafts
 
     eagle3 = default_drafts(methods=("eagle3",))["eagle3"]
     # One process: the engine core and its worker run in this interpreter (no spawning).

@@ -55,7 +55,7 @@ def test_vllm_and_transformers_agree_on_a_video_answer(llava_dir):
     """Same prompt length (vLLM's placeholder expansion == the HF processor's) and the same
     greedy token ids. Batched: videos of different lengths share an encoder batch, which
     vLLM 0.32's LLaVA-OV only survives with vllm_compat patch 7."""
-    from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+    from sparrow_vllm.harness.offline import run_engine_subprocess, world_prompt_specs
     from sparrow_vllm.world import make_sample
 
     indices, frames = [0, 3, 6], [16, 64, 128]

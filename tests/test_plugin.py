@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import sparrow_vllm
-from sparrow_vllm import spec_config, vllm_compat
+from sparrow_vllm.serving import config as spec_config, vllm_compat
 
 
 def test_entry_point_lists_the_plugin():
@@ -84,7 +84,7 @@ def test_cli_user_mistake_is_one_clear_line(tmp_path):
     (target / "config.json").write_text('{"architectures": ["Qwen2_5_VLForConditionalGeneration"], '
                                         '"model_type": "qwen2_5_vl"}')
     code = ("import sparrow_vllm, sys; sparrow_vllm.register(); "
-            "from sparrow_vllm.spec_config import read_draft_config; read_draft_config(sys.argv[1])")
+            "from sparrow_vllm.serving.config import read_draft_config; read_draft_config(sys.argv[1])")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
@@ -95,7 +95,7 @@ def test_cli_user_mistake_is_one_clear_line(tmp_path):
 def test_spec_flags_merge_like_vllm():
     from types import SimpleNamespace
 
-    from sparrow_vllm.vllm_compat import merge_spec_flags
+    from sparrow_vllm.serving.vllm_compat import merge_spec_flags
 
     def args(sc=None, **kw):
         return SimpleNamespace(speculative_config=sc, spec_method=kw.get("m"), spec_model=kw.get("d"),
@@ -117,7 +117,7 @@ def test_cpu_defaults_give_a_long_video_step_time_and_keep_user_values(monkeypat
     own setting, and a value the user set is kept."""
     import vllm.envs
 
-    from sparrow_vllm.cpu_env import CPU_STEP_TIMEOUT_S, apply_cpu_defaults
+    from sparrow_vllm.serving.cpu_env import CPU_STEP_TIMEOUT_S, apply_cpu_defaults
 
     for key in ("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
                 "VLLM_CPU_KVCACHE_SPACE", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"):
@@ -133,7 +133,7 @@ def test_cpu_defaults_give_a_long_video_step_time_and_keep_user_values(monkeypat
 def test_installed_package_has_no_top_level_kernels(tmp_path):
     """kernels/ installs as `sparrow_kernels`: a top-level `kernels` would shadow (or be shadowed
     by) the PyPI package of that name."""
-    code = ("import importlib.util as u, sparrow_kernels, sparrow_vllm.vllm_draft\n"
+    code = ("import importlib.util as u, sparrow_kernels, sparrow_vllm.serving.model\n"
             "print(u.find_spec('kernels') is None, sparrow_kernels.text_window_attention.__module__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["True", "sparrow_kernels"], out.stderr[-2000:]
@@ -156,7 +156,7 @@ def test_draft_attention_op_splits_graphs_only_for_sparrow_engines(monkeypatch, 
 def test_eagle3_baselines_are_benchmark_artifacts_not_package_data():
     """The installed package ships the Sparrow drafts only; the EAGLE-3 baselines live in the
     repository's benchmarks/drafts."""
-    from sparrow_vllm import draft_assets
+    from sparrow_vllm.serving import defaults as draft_assets
 
     shipped = {p.name for p in draft_assets.DRAFTS_DIR.iterdir()}
     assert shipped == {d["sparrow"] for d in draft_assets.EMBEDDED_DRAFTS.values()}

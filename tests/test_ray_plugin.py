@@ -29,7 +29,7 @@ def test_plugin_registers_in_a_ray_worker():
             from vllm.transformers_utils.configs.speculators.algos import SUPPORTED_SPECULATORS_TYPES
             from vllm.v1.worker.gpu_model_runner import GPUModelRunner  # the CPU runner's base class
 
-            from sparrow_vllm.vllm_compat import DRAFT_ARCH
+            from sparrow_vllm.serving.vllm_compat import DRAFT_ARCH
 
             eps = [ep.value for ep in importlib.metadata.entry_points(group="vllm.general_plugins")]
             return {"pid": os.getpid(), "entry_point": "sparrow_vllm:register" in eps,

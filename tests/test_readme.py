@@ -76,7 +76,7 @@ def test_readme_tables_come_from_report(monkeypatch):
 
 @pytest.mark.vllm
 def test_readme_serve_command_verbatim_answers_a_video_chat(target_dir):
-    from sparrow_vllm.serve_utils import chat_body, write_mp4
+    from sparrow_vllm.harness.server import chat_body, write_mp4
     from sparrow_vllm.world import make_sample
 
     cmds = readme_commands()

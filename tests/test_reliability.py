@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from sparrow_vllm.serve_utils import (Server, chat_body, finished_in_engine, load_figures, metric_value, request_json,
+from sparrow_vllm.harness.server import (Server, chat_body, finished_in_engine, load_figures, metric_value, request_json,
                                       run_streams, stream_chat, write_mp4)
 from sparrow_vllm.world import make_sample
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sparrow_vllm.serve_utils import Server, chat_body, metric_value, stream_chat, write_mp4
+from sparrow_vllm.harness.server import Server, chat_body, metric_value, stream_chat, write_mp4
 from sparrow_vllm.world import make_sample
 
 pytestmark = pytest.mark.vllm

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from sparrow_vllm.draft.config import SparrowDraftConfig
-from sparrow_vllm.serve_utils import Server, conversation_body, metric_value, write_mp4
+from sparrow_vllm.harness.server import Server, conversation_body, metric_value, write_mp4
 from sparrow_vllm.world.story import make_long_sample
 
 pytestmark = pytest.mark.vllm

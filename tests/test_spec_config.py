@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from draft_factory import write_random_draft
-from sparrow_vllm.spec_config import ALLOWED_KEYS, SparrowConfigError, translate
+from sparrow_vllm.serving.config import ALLOWED_KEYS, SparrowConfigError, translate
 
 
 QWEN = ["Qwen2_5_VLForConditionalGeneration"]
@@ -302,8 +302,8 @@ def test_vllm_serve_cli_fails_with_one_line(target_dir, tmp_path):
     starts, with the message and no stack trace."""
     import subprocess
 
-    from sparrow_vllm.cpu_env import apply_cpu_defaults
-    from sparrow_vllm.serve_utils import free_port
+    from sparrow_vllm.serving.cpu_env import apply_cpu_defaults
+    from sparrow_vllm.harness.server import free_port
 
     apply_cpu_defaults(2)
     vllm = str(Path(sys.executable).parent / "vllm")

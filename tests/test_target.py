@@ -131,7 +131,7 @@ def test_vllm_and_transformers_agree_on_a_video_answer(target_dir):
     the video elsewhere than vLLM does (target/mrope.py): 128 frames moved sample 6."""
     from transformers import AutoProcessor
 
-    from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+    from sparrow_vllm.harness.offline import run_engine_subprocess, world_prompt_specs
     from sparrow_vllm.target.build import load_hf_target
     from sparrow_vllm.target.prompt import hf_inputs
     from sparrow_vllm.world import make_sample

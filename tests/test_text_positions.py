@@ -1,6 +1,6 @@
 import numpy as np
 
-from sparrow_vllm.text_positions import RequestText
+from sparrow_vllm.serving.text_positions import RequestText
 
 
 def _brute(prompt_len, visual, pos):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+from sparrow_vllm.harness.offline import run_engine_subprocess, world_prompt_specs
 
 pytestmark = pytest.mark.vllm
 

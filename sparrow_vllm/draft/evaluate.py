@@ -61,7 +61,7 @@ def simulate_sample(model: SparrowDraftModel, sample: dict, ks: list[int]) -> di
 def greedy_drafts(model: SparrowDraftModel, sample: dict, k: int) -> dict[int, list[int]]:
     """The ``k`` greedy draft tokens proposed from every origin of the response:
     ``{origin draft index: tokens}``, where the draft index is the text index for Sparrow
-    (what :class:`~sparrow_vllm.proposer.SparrowProposer` logs as ``origin_text_index``)."""
+    (what :class:`~sparrow_vllm.serving.proposer.SparrowProposer` logs as ``origin_text_index``)."""
     seq = draft_sequence(sample, model.config)
     ids, pos, rs = seq["ids"], seq["positions"], seq["response_start"]
     if rs < 1 or rs >= len(ids):

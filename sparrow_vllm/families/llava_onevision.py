@@ -4,7 +4,7 @@
 The embedded target of this family is ``sparrow_vllm/target/llava_onevision.py`` (SmolLM2 +
 a small SigLIP tower). vLLM 0.32 serves ``LlavaOnevisionForConditionalGeneration``
 unmodified; its EAGLE-3 hidden-state capture and a mixed-video-length fix are patches 6 and 7
-in ``sparrow_vllm/vllm_compat.py``.
+in ``sparrow_vllm/serving/vllm_compat.py``.
 """
 
 from __future__ import annotations

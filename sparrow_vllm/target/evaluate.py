@@ -50,7 +50,7 @@ def kv_cache_gib_for(target, tokens: int, most: int = 4) -> int:
 def evaluate_vllm(target, split: str = "test", n: int = 100, num_frames: int = 16,
                   start_index: int = 0, max_num_seqs: int = 16) -> dict:
     """Same as :func:`evaluate`, through vLLM (batched; vLLM and transformers agree, tested)."""
-    from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
+    from sparrow_vllm.harness.offline import run_engine_subprocess, world_prompt_specs
 
     t0 = time.time()
     family = family_of(target)
@@ -81,7 +81,7 @@ def evaluate_long(target, task: str, split: str = "test", n: int = 20, num_frame
     each turn after the reference answers of the turns before it: per turn exact (the whole
     answer) and, where the reference is a narration, event recall and precision
     (``score_narration``); the summary averages them over turns."""
-    from sparrow_vllm.offline import long_prompt_specs, run_engine_subprocess
+    from sparrow_vllm.harness.offline import long_prompt_specs, run_engine_subprocess
     from sparrow_vllm.world.story import make_long_sample, parse_narration, score_narration
 
     t0 = time.time()

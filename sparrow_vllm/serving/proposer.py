@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from sparrow_vllm.draft.config import WINDOW_SIZE
-from sparrow_vllm.draft_context import TextWindowContext, text_window_context
-from sparrow_vllm.text_positions import RequestText
+from sparrow_vllm.serving.window import TextWindowContext, text_window_context
+from sparrow_vllm.serving.text_positions import RequestText
 
 # vLLM 0.32: vllm.v1.spec_decode.eagle.EagleProposer (swapped in by vllm_compat).
 from vllm.forward_context import set_forward_context
@@ -295,7 +295,7 @@ class SparrowProposer(EagleProposer):
         from vllm.model_executor.layers.attention import Attention
 
         attn = get_layers_from_vllm_config(self.vllm_config, Attention)[layer_name]
-        from sparrow_vllm.vllm_draft import split_kv_cache
+        from sparrow_vllm.serving.model import split_kv_cache
 
         key_cache, _ = split_kv_cache(attn.kv_cache, attn.num_kv_heads, attn.head_size)
         self._kv_bs = int(key_cache.shape[1])

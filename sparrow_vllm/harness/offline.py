@@ -1,6 +1,6 @@
 """Run a target (any supported family) through vLLM offline, with or without Sparrow; JSON in, JSON out.
 
-Each engine runs in its own process (``python -m sparrow_vllm.offline SPEC.json``) so
+Each engine runs in its own process (``python -m sparrow_vllm.harness.offline SPEC.json``) so
 tests, the demo and benchmarks can compare engines side by side without one engine's
 memory or threads leaking into the next.
 """
@@ -96,7 +96,7 @@ def _spec_metrics(llm) -> dict:
 
 def run_engine(spec: dict) -> dict:
     """``spec``: target, prompts, sampling, speculative_config, engine (LLM kwargs)."""
-    from sparrow_vllm.cpu_env import apply_cpu_defaults
+    from sparrow_vllm.serving.cpu_env import apply_cpu_defaults
 
     apply_cpu_defaults(spec.get("kv_cache_gib", 4))
     from vllm import LLM, SamplingParams
@@ -203,7 +203,7 @@ def run_engine_subprocess(spec: dict, timeout: float = 1800, log: Path | None = 
     with tempfile.TemporaryDirectory() as d:
         spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
         spec_path.write_text(json.dumps(spec))
-        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.offline", str(spec_path), str(out_path)],
+        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.harness.offline", str(spec_path), str(out_path)],
                               capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
         if log is not None:
             log.write_text(proc.stdout + proc.stderr)
