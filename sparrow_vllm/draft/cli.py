@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from sparrow_vllm.draft.config import WINDOW_SIZE
 
@@ -55,9 +56,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--target", default=_default_target(), help="HF target dir of a supported family (default: the embedded Qwen2.5-VL target)")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--n", type=int, help="number of samples (SparrowWorld)")
     p.add_argument("--start", type=int, default=0, help="first sample index of the split")
-    g = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--from", dest="source", type=Path, default=None, metavar="FILE|DIR",
+                   help="your own videos instead of SparrowWorld: a LLaVA-Video JSON/JSONL, an OpenAI chat JSONL "
+                        "(video_url parts), or a folder of videos with --prompts; answered and captured through "
+                        "vLLM, frames sampled as vllm serve samples them (draft/from_source.py)")
+    p.add_argument("--video-root", type=Path, default=None, help="--from: where relative video paths start "
+                   "(default: the file's folder)")
+    p.add_argument("--prompts", type=Path, default=None, help="--from DIR: one prompt a line")
+    p.add_argument("--responses", choices=["target", "dataset"], default="target",
+                   help="--from: train on the target's own greedy answers (default; EAGLE-3 / speculators) or on "
+                        "the dataset's answers, teacher-forced")
+    p.add_argument("--max-model-len", type=int, default=32768, help="--from: longer prompts are skipped")
+    p.add_argument("--media-io-kwargs", type=json.loads, default=None,
+                   help="--from: vLLM's --media-io-kwargs, as the server is run (e.g. '{\"video\": {\"fps\": 24}}')")
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--frames", type=int)
     g.add_argument("--visual-tokens", type=int, help="~visual tokens per video (frames derived)")
     p.add_argument("--layers", type=_layers, default=[2, 8, 15, 22, 27],
@@ -122,6 +136,10 @@ def run_data(args) -> int:
 
     _check_ray_args(args)
     _threads(args.threads)
+    if args.source is not None:
+        return _run_data_from(args)
+    if args.n is None or not (args.frames or args.visual_tokens):
+        raise SystemExit("sparrow data: give --n and --frames or --visual-tokens (SparrowWorld), or --from")
     frames = args.frames or family_of(args.target).frames_for_visual_tokens(args.visual_tokens)
     try:
         spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
@@ -141,6 +159,29 @@ def run_data(args) -> int:
     total = sum(s["bytes"] for s in shards)
     print(json.dumps({"out": args.out, "samples": n, "bytes": total, "bytes_per_sample": total / max(n, 1),
                       "rows_per_sample": sum(s["rows"] for s in shards) / max(n, 1)}))
+    return 0
+
+
+def _run_data_from(args) -> int:
+    from sparrow_vllm.draft.data import DataMismatchError
+    from sparrow_vllm.draft.from_source import generate_source_dataset
+
+    if args.ray or args.task != "qa" or args.n is not None or args.frames or args.visual_tokens:
+        raise SystemExit("sparrow data: --from takes its samples from the file; --n, --frames, --visual-tokens, "
+                         "--task and --ray do not apply")
+    try:
+        m = generate_source_dataset(args.target, args.out, args.source, args.video_root, args.prompts,
+                                    layers=args.layers, all_positions=args.all_positions,
+                                    max_new_tokens=args.max_new_tokens, shard_size=args.shard_size,
+                                    max_model_len=args.max_model_len, media_io_kwargs=args.media_io_kwargs,
+                                    responses=args.responses)
+    except (ValueError, FileNotFoundError, DataMismatchError) as e:
+        raise SystemExit(f"sparrow data: {e}") from None
+    shards = [s for s in m["shards"].values() if s.get("file")]
+    total = sum(s["bytes"] for s in shards)
+    n = sum(len(s["samples"]) for s in shards)
+    print(f"records: {m['summary']['records']}; turns: {m['summary']['turns']}")
+    print(json.dumps({"out": str(args.out), "samples": n, "bytes": total, "bytes_per_sample": total / max(n, 1)}))
     return 0
 
 

@@ -392,6 +392,8 @@ def load_samples(data_dir, layers: list[int] | None = None, limit: int | None = 
     sel = None if layers is None else [stored.index(l) for l in layers]
     out = []
     for k in sorted(manifest["shards"], key=int):
+        if not manifest["shards"][k].get("file"):  # a `--from` shard whose every turn was skipped
+            continue
         for s, sid in zip(unpack(load_file(str(Path(data_dir) / manifest["shards"][k]["file"]))),
                           manifest["shards"][k]["samples"]):
             if sel is not None:
@@ -416,6 +418,8 @@ def text_only_copy(src, dst) -> dict:
     new["all_positions"] = False
     new["settings"]["all_positions"] = False
     for k, sh in manifest["shards"].items():
+        if not sh.get("file"):
+            continue
         samples = []
         for s in unpack(load_file(str(src / sh["file"]))):
             keep = s["text_index"] >= 0

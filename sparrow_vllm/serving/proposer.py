@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from sparrow_vllm.draft.config import WINDOW_SIZE
-from sparrow_vllm.serving.window import TextWindowContext, text_window_context
+from sparrow_vllm.serving.capture import StateCapture
+from sparrow_vllm.serving.window import TextWindowContext, chain_windows, first_pass_windows, text_window_context
 from sparrow_vllm.serving.text_positions import RequestText
 
 # vLLM 0.32: vllm.v1.spec_decode.eagle.EagleProposer (swapped in by vllm_compat).
@@ -45,6 +46,9 @@ class SparrowProposer(EagleProposer):
         self._dump_path = os.environ.get("SPARROW_DEBUG_DUMP")
         # For tests and debugging: the draft inputs of the last propose() call.
         self.last_inputs: dict | None = None
+        # SPARROW_CAPTURE=dir: write the target's anchor states of every verified token
+        # (training data from the serving engine; serving/capture.py).
+        self._capture = StateCapture.from_env(len(sparrow.get("anchor_layers") or [1]))
         logging.getLogger("vllm.sparrow").info(
             "SparrowProposer active: window_size=%d anchor_layers=%s k=%d",
             self.window_size, sparrow.get("anchor_layers"), self.num_speculative_tokens)
@@ -90,6 +94,8 @@ class SparrowProposer(EagleProposer):
         self.num_speculative_tokens = k
         self._last_draft_probs = None
         step = self._step_view(common_attn_metadata, target_token_ids, next_token_ids, num_rejected_tokens_gpu)
+        if self._capture is not None:
+            self._record(step, target_positions, target_hidden_states)
         rows, ctx, input_ids, positions, last_entry = self._text_entries(step)
         if len(rows) == 0:
             # No text token this step (prefill chunks that are all video): nothing to draft
@@ -137,6 +143,13 @@ class SparrowProposer(EagleProposer):
             self._dump_drafts(out, np.where(has, step.last_tidx, -1), partial)
         return out
 
+    def _record(self, step: "_Step", target_positions: torch.Tensor, target_hidden_states: torch.Tensor) -> None:
+        t = target_positions[0] if target_positions.dim() == 2 else target_positions  # M-RoPE: temporal row
+        pos = [step.starts[r] + np.arange(step.valid[r]) for r in range(step.num_reqs)]
+        self._capture.record(step.req_ids, step.starts, step.valid, step.qsl, step.tokens,
+                             t.cpu().numpy().astype(np.int64), target_hidden_states,
+                             [rt.is_text(p) for rt, p in zip(step.req_texts, pos)])
+
     def _step_view(self, cad, target_token_ids, next_token_ids, num_rejected_tokens_gpu) -> "_Step":
         num_reqs = cad.num_reqs
         qsl = cad.query_start_loc_cpu[: num_reqs + 1].numpy().astype(np.int64)
@@ -165,43 +178,32 @@ class SparrowProposer(EagleProposer):
         """The first pass: one draft entry per verified *text* token. Returns ``(rows [n]``
         (their rows in the target's batch), the attention context, ``input_ids [n]``,
         ``positions [n]`` (text indices), ``last_entry [num_reqs]`` (-1: none)``)``."""
-        W = self.window_size
-        rows, tokens, tidxs, slots, poss = [], [], [], [], []
-        windows, text_start, q_start, q_tidx = [], [0], [0], []
+        fp = first_pass_windows(step.req_texts, step.starts, step.valid, self.window_size)
+        rows, tokens, slots, text_start, q_start = [], [], [], [0], [0]
         last_entry = np.full(step.num_reqs, -1, dtype=np.int64)
-        n = 0
-        for r, rt in enumerate(step.req_texts):
-            pos = step.starts[r] + np.arange(step.valid[r], dtype=np.int64)
-            tpos = pos[rt.is_text(pos)]
-            if len(tpos):
-                nxt = rt.next_text_position(tpos)
-                tokens.append(self._tokens_at(step, r, nxt))
-                tidx = rt.text_index(tpos)
-                base = max(0, int(tidx[0]) - W + 1)
-                windows.append(rt.positions_of(np.arange(base, int(tidx[-1]) + 1, dtype=np.int64)))
+        for r, tpos in enumerate(fp.positions):
+            if tpos is not None:
+                tokens.append(self._tokens_at(step, r, step.req_texts[r].next_text_position(tpos)))
                 rows.append(step.qsl[r] + (tpos - step.starts[r]))
-                tidxs.append(tidx)
                 slots.append(step.slots_of(r, tpos))
-                poss.append(tpos)
-                q_tidx.append(tidx - base)
-                n += len(tpos)
-                last_entry[r] = n - 1
-                step.last_tidx[r] = tidx[-1]
-            text_start.append(text_start[-1] + (len(windows[-1]) if len(tpos) else 0))
-            q_start.append(n)
-        rows, slots = _cat(rows), _cat(slots)
+                last_entry[r] = q_start[-1] + len(tpos) - 1
+                step.last_tidx[r] = fp.text_index[r][-1]
+            text_start.append(text_start[-1] + (len(fp.window[r]) if tpos is not None else 0))
+            q_start.append(q_start[-1] + (len(tpos) if tpos is not None else 0))
+        has = [x for x in fp.positions if x is not None]
+        rows, slots, tidxs = _cat(rows), _cat(slots), _cat([x for x in fp.text_index if x is not None])
         self._check_slots(step.cad, rows, slots)
         ctx = TextWindowContext(
             slot_mapping=step.to_dev(slots), block_table=step.block_table,
-            text_positions=step.to_dev(_cat(windows)),
+            text_positions=step.to_dev(_cat([w for w in fp.window if w is not None])),
             text_start_loc=step.to_dev(np.asarray(text_start), torch.int32),
             query_start_loc=step.to_dev(np.asarray(q_start), torch.int32),
-            query_text_idx=step.to_dev(_cat(q_tidx), torch.int32),
-            window_size=W,
+            query_text_idx=step.to_dev(_cat([q for q in fp.query_idx if q is not None]), torch.int32),
+            window_size=self.window_size,
         )
-        self.last_inputs = {"positions": _cat(poss), "text_index": _cat(tidxs), "input_token_ids": _cat(tokens),
+        self.last_inputs = {"positions": _cat(has), "text_index": tidxs, "input_token_ids": _cat(tokens),
                             "target_token_ids": step.tokens[rows], "query_start": q_start}
-        return rows, ctx, step.to_dev(_cat(tokens), torch.int32), step.to_dev(_cat(tidxs)), last_entry
+        return rows, ctx, step.to_dev(_cat(tokens), torch.int32), step.to_dev(tidxs), last_entry
 
     def _tokens_at(self, step: "_Step", r: int, pos: np.ndarray) -> np.ndarray:
         """Request ``r``'s token at each position ``pos`` (>= this step's first position).
@@ -231,32 +233,19 @@ class SparrowProposer(EagleProposer):
 
     def _chain_context(self, step: "_Step", s: int, partial: np.ndarray) -> TextWindowContext:
         """Attention context of chain step ``s`` (1..k-1): each request feeds its previous
-        draft token at position ``last_pos + s`` (text index ``last_tidx + s``); its window
-        holds known text positions, then the chain's own."""
-        W = self.window_size
+        draft token at position ``last_pos + s`` (``window.chain_windows``); a partial
+        request's chain writes no KV."""
         last_pos = step.starts + step.valid - 1
-        windows, t_start, slots = [], [0], []
-        for r, rt in enumerate(step.req_texts):
-            q = int(step.last_tidx[r]) + s
-            base = max(0, q - W + 1)
-            if partial[r]:
-                w = rt.positions_of(np.zeros(1, dtype=np.int64))
-                slots.append(np.full(1, -1, np.int64))
-            else:
-                lt = int(step.last_tidx[r])
-                known = rt.positions_of(np.arange(base, lt + 1, dtype=np.int64))
-                chain = last_pos[r] + np.arange(max(base, lt + 1), q + 1, dtype=np.int64) - lt
-                w = np.concatenate([known, chain])
-                slots.append(step.slots_of(r, last_pos[r:r + 1] + s))
-            windows.append(w)
-            t_start.append(t_start[-1] + len(w))
+        windows = chain_windows(step.req_texts, step.last_tidx, last_pos, s, partial, self.window_size)
+        slots = [np.full(1, -1, np.int64) if partial[r] else step.slots_of(r, last_pos[r:r + 1] + s)
+                 for r in range(step.num_reqs)]
         return TextWindowContext(
             slot_mapping=step.to_dev(np.concatenate(slots)), block_table=step.block_table,
             text_positions=step.to_dev(np.concatenate(windows)),
-            text_start_loc=step.to_dev(np.asarray(t_start), torch.int32),
+            text_start_loc=step.to_dev(np.concatenate([[0], np.cumsum([len(w) for w in windows])]), torch.int32),
             query_start_loc=step.to_dev(np.arange(step.num_reqs + 1), torch.int32),
             query_text_idx=step.to_dev(np.asarray([len(w) - 1 for w in windows]), torch.int32),
-            window_size=W,
+            window_size=self.window_size,
         )
 
     def _dump(self) -> None:

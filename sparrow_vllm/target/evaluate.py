@@ -139,6 +139,9 @@ def evaluate_data(data_dir, target=None) -> dict:
     t0 = time.time()
     manifest = load_manifest(data_dir)
     st = manifest["settings"]
+    if "source" in st:
+        raise ValueError(f"{data_dir} holds `sparrow data --from` turns, not SparrowWorld questions: nothing to "
+                         "score them against")
     if st.get("task", "qa") != "qa":
         raise ValueError(f"{data_dir} holds {st['task']} turns: --from-data scores qa datasets (score the long "
                          "tasks with eval-target --task)")
