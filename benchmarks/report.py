@@ -334,21 +334,21 @@ def long(path: str | None = None) -> str:
     writes its plot (``<file>.png``: tau and decode speedup vs visual tokens, per task)."""
     path = Path(path) if path else RESULTS / "long_workloads.json"
     d = json.loads(path.read_text())
-    cells = {(c["task"], c["visual_tokens"], c["method"]): c for c in d["cells"] if c["batch"] == 1}
-    out = ["| task | visual tokens | requests / output tokens | none: decode tok/s | eagle3: tau / speedup "
+    cells = {(c["engine"], c["task"], c["visual_tokens"], c["method"]): c for c in d["cells"] if c["batch"] == 1}
+    out = ["| engine | task | visual tokens | requests / output tokens | none: decode tok/s | eagle3: tau / speedup "
            "| sparrow: tau / speedup | sparrow vs eagle3 | greedy mismatches (eagle3 / sparrow) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
 
     def ts(c):
         return f"{c['tau'] or 1:.2f} / {c['speedup_vs_none']:.2f}x" if c and c.get("speedup_vs_none") else "-"
 
-    for task, v in sorted({(t, v) for t, v, _ in cells}):
-        n, e, sp = (cells.get((task, v, m)) for m in ("none", "eagle3", "sparrow"))
+    for engine, task, v in sorted({(g, t, v) for g, t, v, _ in cells}):
+        n, e, sp = (cells.get((engine, task, v, m)) for m in ("none", "eagle3", "sparrow"))
         first = n or e or sp
         vs = f"{sp['speedup_vs_eagle3']:.2f}x" if sp and sp.get("speedup_vs_eagle3") else "-"
         mm = " / ".join(str(c.get("greedy_mismatches", "-")) if c else "-" for c in (e, sp))
         plain = f"{n['decode_tok_s']:.1f}" if n and n["decode_tok_s"] else "-"
-        out.append(f"| {task} | {v:,} | {first['requests']} / {first['output_tokens']:,} | {plain} | {ts(e)} "
+        out.append(f"| {engine} | {task} | {v:,} | {first['requests']} / {first['output_tokens']:,} | {plain} | {ts(e)} "
                    f"| {ts(sp)} | {vs} | {mm} |")
     hw = d["hardware"]
     out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy; "
@@ -367,7 +367,8 @@ def _plot_long(cells: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
     for j, task in enumerate(tasks):
         for m, style in (("eagle3", "s--"), ("sparrow", "o-")):
-            rs = sorted((c for c in cells if c["task"] == task and c["method"] == m and c["batch"] == 1),
+            rs = sorted((c for c in cells if c["task"] == task and c["method"] == m and c["batch"] == 1
+                         and c["engine"] == "offline"),
                         key=lambda c: c["visual_tokens"])
             x = [c["visual_tokens"] for c in rs]
             axes[0][j].plot(x, [c["tau"] or 1 for c in rs], style, label=m)
@@ -385,9 +386,9 @@ def _plot_long(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def target_long() -> str:
-    """eval-target --task narrate/chat/stream (results/target_quality_long.json)."""
-    rows = json.loads((RESULTS / "target_quality_long.json").read_text())
+def target_long(name: str = "target_quality_long") -> str:
+    """eval-target --task narrate/chat/stream (results/<name>.json)."""
+    rows = json.loads((RESULTS / f"{name}.json").read_text())
     out = ["| task | visual tokens | samples / turns | exact per turn | event recall | event precision "
            "| output tokens (mean) |", "|---|---|---|---|---|---|---|"]
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731

@@ -74,3 +74,21 @@ def test_every_bad_record_is_counted_with_its_reason(tmp_path):
         list(read_source(tmp_path / "v"))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         list(read_source(tmp_path / "nowhere.json"))
+
+
+def test_sparrow_data_from_says_what_is_wrong_in_one_line(tmp_path):
+    from draft_factory import write_tiny_target
+    from sparrow_vllm.cli import main
+
+    target = write_tiny_target(tmp_path / "target", 0)
+    write_videos(tmp_path / "videos", 1)
+    base = ["data", "--target", str(target), "--out", str(tmp_path / "out"), "--layers", "2"]
+    cases = [(["--from", str(tmp_path / "none.json")], "no such file or folder"),
+             (["--from", str(tmp_path / "videos")], "give --prompts"),
+             (["--from", str(tmp_path / "videos"), "--n", "4"], "do not apply"),
+             (["--n", "4"], "give --n and --frames"),
+             (["--from", str(tmp_path / "videos"), "--prompts", str(tmp_path / "none.txt"), "--layers", "9"],
+              "layer ids in")]
+    for args, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            main(base + args)

@@ -163,7 +163,6 @@ def run_data(args) -> int:
 
 
 def _run_data_from(args) -> int:
-    from sparrow_vllm.draft.data import DataMismatchError
     from sparrow_vllm.draft.from_source import generate_source_dataset
 
     if args.ray or args.task != "qa" or args.n is not None or args.frames or args.visual_tokens:
@@ -175,7 +174,7 @@ def _run_data_from(args) -> int:
                                     max_new_tokens=args.max_new_tokens, shard_size=args.shard_size,
                                     max_model_len=args.max_model_len, media_io_kwargs=args.media_io_kwargs,
                                     responses=args.responses)
-    except (ValueError, FileNotFoundError, DataMismatchError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # DataMismatchError is a ValueError
         raise SystemExit(f"sparrow data: {e}") from None
     shards = [s for s in m["shards"].values() if s.get("file")]
     total = sum(s["bytes"] for s in shards)

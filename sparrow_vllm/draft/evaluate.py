@@ -141,6 +141,17 @@ def load_for_eval(target_dir, draft_dir, data_dir, limit: int | None = None, win
     return model, manifest, samples, target_config
 
 
+def _visual_tokens(manifest: dict, samples: list[dict], family) -> int:
+    """Visual tokens of the data's videos: from the SparrowWorld length, or (``sparrow data
+    --from``: videos of any length) the mean number of non-text prompt positions."""
+    st = manifest["settings"]
+    if "num_frames" in st:
+        return family.visual_tokens(st["num_frames"])
+    first = [int(s["response_start"]) for s in samples]  # row of the first response token
+    return round(sum(int(s["seq_pos"][r]) - int(s["text_index"][r]) for s, r in zip(samples, first))
+                 / max(len(samples), 1))
+
+
 def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None = None,
              out: str | None = None, progress: bool = True, window: int | None = None) -> dict:
     from sparrow_vllm.families import family_of
@@ -151,7 +162,7 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
     report = {"draft": str(draft_dir), "data": str(data_dir), "recipe": cfg.recipe,
               "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
               "attention": cfg.attention, "samples": len(samples),
-              "visual_tokens": family_of(target_config).visual_tokens(manifest["settings"]["num_frames"]),
+              "visual_tokens": _visual_tokens(manifest, samples, family_of(target_config)),
               "max_new_tokens": manifest["settings"]["max_new_tokens"],
               "results": summarize(per_sample, ks),
               # accepted drafts of every round, per sample and k: where a mean hides one sample

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,11 +91,12 @@ def run_capture(target, requests: list[dict], layers: list[int], max_new_tokens:
             "media_root": media_root, "engine": engine or {}}
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "SPARROW_CAPTURE": str(work / "capture")}
+    # The engine's log and progress bar go to the terminal, as a vLLM run's do.
     proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.draft.from_source", str(work / "spec.json"),
-                           str(work / "out.json")], capture_output=True, text=True, timeout=timeout, env=env)
+                           str(work / "out.json")], timeout=timeout, env=env)
     if proc.returncode != 0 or not (work / "out.json").exists():
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise RuntimeError(f"vLLM capture engine failed (exit {proc.returncode}):\n{tail}")
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"the vLLM engine of sparrow data --from failed (exit {proc.returncode}); its log is above")
     return json.loads((work / "out.json").read_text()) | {"capture_dir": str(work / "capture")}
 
 
@@ -280,7 +282,10 @@ def generate_source_dataset(target_dir, out_dir, source, video_root=None, prompt
         if media_io_kwargs:
             engine["media_io_kwargs"] = media_io_kwargs
         run = run_capture(target_dir, requests, layers, max_new_tokens, media_root(convs), engine, forced)
-        results = dict(zip([r["id"] for r in requests], samples_of(run, requests, all_positions, answers)))
+        try:
+            results = dict(zip([r["id"] for r in requests], samples_of(run, requests, all_positions, answers)))
+        finally:  # the captured rows are in the samples now (or the run is redone)
+            shutil.rmtree(Path(run["capture_dir"]).parent, ignore_errors=True)
         for k in todo:
             kept = [(sid, results[sid]) for sid, _, _ in shards[k] if not isinstance(results[sid], str)]
             skipped = [[sid, results[sid]] for sid, _, _ in shards[k] if isinstance(results[sid], str)]
