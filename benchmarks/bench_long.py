@@ -122,14 +122,14 @@ def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max
     from sparrow_vllm.harness.server import conversation_body, stream_chat, write_mp4
 
     s = make_long_sample(spec["task"], "test", spec["index"], spec["frames"])
-    video = s.frames()
-    turns = []
+    turns, video = [], None
     for t, turn in enumerate(s.turns[:spec["turn"] + 1]):
         url = None
         if turn["clip"] is not None:
             a, b = turn["clip"]
             path = media / f"{s.id}-{a}-{b}.mp4"
-            if not path.exists():
+            if not path.exists():  # the video is rendered once, by the conversation's first request
+                video = s.frames() if video is None else video
                 write_mp4(video[a:b], path, fps=24)
             url = "file://" + str(path)
         question = spec.get("question") if t == spec["turn"] and spec.get("question") else turn["question"]

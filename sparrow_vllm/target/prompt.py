@@ -31,11 +31,10 @@ def long_turn(sample, turn: int) -> dict:
     question, the reference answer, the earlier turns with their reference answers, which turns
     bring a video, and those videos (up to this turn) in order."""
     turns = sample.turns[:turn + 1]
-    video = sample.frames()
+    video_turns = tuple(i for i, t in enumerate(turns) if t["clip"] is not None)
     return {"question": turns[-1]["question"], "answer": turns[-1]["answer"],
             "history": [(t["question"], t["answer"]) for t in turns[:-1]],
-            "video_turns": tuple(i for i, t in enumerate(turns) if t["clip"] is not None),
-            "videos": [video[t["clip"][0]:t["clip"][1]] for t in turns if t["clip"] is not None]}
+            "video_turns": video_turns, "videos": sample.clips()[:len(video_turns)]}
 
 
 def video_metadata(num_frames: int) -> dict:
