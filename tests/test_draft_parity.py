@@ -54,8 +54,10 @@ CASES = {
 SCHEDULE = [[1, 2, K], [3, 4, 0]]
 
 
-def _run(target_dir, draft, engine, dump, schedule=None):
+def _run(target_dir, draft, engine, dump, schedule=None, window=None):
     sc = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": K}
+    if window:
+        sc["window_size"] = window
     if schedule:
         sc["num_speculative_tokens_per_batch_size"] = schedule
     import os
@@ -138,19 +140,27 @@ def reference(target_dir, sparrow_draft, tmp_path_factory, video_token_id):
     return run, _drafts(run, lines)
 
 
-def test_reference_drafts_equal_the_training_model(target_dir, sparrow_draft, reference, tmp_path):
+@pytest.fixture(scope="module")
+def train_data(target_dir, sparrow_draft, tmp_path_factory):
+    """The target states of TRAIN's samples as ``sparrow data`` extracts them for training."""
     from sparrow_vllm.draft.data import DataSpec, generate_dataset
-    from sparrow_vllm.draft.evaluate import greedy_drafts, load_for_eval
     from sparrow_vllm.draft.export import load_draft
 
     cfg = load_draft(sparrow_draft, target_dir=target_dir).config
     spec = DataSpec(split="test", n=len(TRAIN), num_frames=TRAIN[0]["frames"], layers=list(cfg.anchor_layers),
                     max_new_tokens=SAMPLING["max_tokens"])
-    generate_dataset(target_dir, tmp_path / "data", spec, progress=False)
-    model, _, samples, _ = load_for_eval(target_dir, sparrow_draft, tmp_path / "data")
-    run, vllm_drafts = reference
-    same = compared = first_same = 0
-    matched = 0
+    out = tmp_path_factory.mktemp("train_data") / "data"
+    generate_dataset(target_dir, out, spec, progress=False)
+    return out
+
+
+def _training_agreement(target_dir, draft, data, run, vllm_drafts, window=None):
+    """(answers equal to transformers', origins compared, all-k equal, first draft equal): the
+    vLLM run's drafts on TRAIN's samples against the training model's (``window``: its W)."""
+    from sparrow_vllm.draft.evaluate import greedy_drafts, load_for_eval
+
+    model, _, samples, _ = load_for_eval(target_dir, draft, data, window=window)
+    same = compared = first_same = matched = 0
     for i, sample in enumerate(samples):
         out = run["cells"][0]["outputs"][i]["token_ids"]
         response = sample["ids"][sample["response_start"]:].tolist()
@@ -163,11 +173,34 @@ def test_reference_drafts_equal_the_training_model(target_dir, sparrow_draft, re
                 compared += 1
                 same += got == tokens
                 first_same += got[0] == tokens[0]
-    print(f"vLLM vs training model: {matched}/{len(samples)} answers equal; {same}/{compared} origins with "
-          f"all {K} drafts equal, {first_same}/{compared} first drafts")
-    assert matched >= 6, f"only {matched}/{len(samples)} vLLM answers equal transformers'"
+    print(f"vLLM vs training model (window {window or 'trained'}): {matched}/{len(samples)} answers equal; "
+          f"{same}/{compared} origins with all {K} drafts equal, {first_same}/{compared} first drafts")
+    return matched, compared, same, first_same
+
+
+def test_reference_drafts_equal_the_training_model(target_dir, sparrow_draft, reference, train_data):
+    run, vllm_drafts = reference
+    matched, compared, same, first_same = _training_agreement(target_dir, sparrow_draft, train_data, run, vllm_drafts)
+    assert matched >= 6, f"only {matched}/{len(TRAIN)} vLLM answers equal transformers'"
     assert compared >= 24
     assert same / compared >= 0.9 and first_same / compared >= 0.95
+
+
+def test_window_override_reaches_the_draft(target_dir, sparrow_draft, reference, train_data, tmp_path):
+    """``"window_size"`` in the speculative config is the W the draft in the engine's worker
+    attends over: its drafts equal the training model's at that W, and differ from the
+    trained W's where the text outgrows the smaller window."""
+    w = 8
+    engine = {"max_num_seqs": 1, "enable_chunked_prefill": False, "max_num_batched_tokens": 2048,
+              "enable_prefix_caching": False}
+    run, lines = _run(target_dir, sparrow_draft, engine, tmp_path / "dump.jsonl", window=w)
+    got = _drafts(run, lines)
+    matched, compared, same, first_same = _training_agreement(target_dir, sparrow_draft, train_data, run, got,
+                                                              window=w)
+    assert matched >= 6 and compared >= 24
+    assert same / compared >= 0.9 and first_same / compared >= 0.95
+    share, common, _ = _agreement(reference[1], got)
+    assert common >= 24 and share <= 0.9, f"W={w} drafts agree with the trained W's at {share:.2f} of {common} origins"
 
 
 @pytest.mark.parametrize("case", list(CASES))

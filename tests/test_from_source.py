@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from own_videos import write_llava, write_openai, write_videos
+from sparrow_vllm.harness.own_videos import write_llava, write_openai, write_videos
 from sparrow_vllm.draft.data import load_samples
 from sparrow_vllm.draft.from_source import chat_messages, generate_source_dataset, items_of
 from sparrow_vllm.draft.sources import Conversation, read_source

@@ -120,3 +120,91 @@ def test_readme_serve_command_verbatim_answers_a_video_chat(target_dir):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(media, ignore_errors=True)
+
+
+# --- every other README command: run (at small sizes where the README's are a user's scale) -----
+# What a README command names that a test machine does not have: the user's target (DIR), shared
+# storage, a user's numbers of samples and workers, a training run's length.
+SMALL = {"--n": "2", "--num-workers": "2"}
+NOT_HERE = {  # commands that need what this machine lacks: checked, not run
+    "pip install 'sparrow-vllm[gpu]'": "CUDA vLLM from the package registry (the gpu extra is checked)",
+    "vllm serve Qwen/": "a GPU and the 7B model (the command line is parsed by vLLM's parser, plugin on)",
+}
+
+
+def _user_inputs(work: Path) -> None:
+    """The files the README's `sparrow data --from` commands read, as a user would have them."""
+    from sparrow_vllm.harness.own_videos import write_llava, write_openai, write_videos
+
+    videos = write_videos(work / "videos", 2)
+    write_llava(work / "llava_video.json", videos, work / "videos")
+    write_openai(work / "requests.jsonl", videos)
+    (work / "prompts.txt").write_text("Describe the video.\n")
+
+
+def _small(cmd: str, target: Path, work: Path) -> list[str]:
+    import shlex
+    import sys
+
+    argv = shlex.split(cmd.replace("/shared/", f"{work}/shared/"))
+    out = [sys.executable, "-m", "sparrow_vllm.cli"]
+    for i, a in enumerate(argv[1:], 1):
+        prev = argv[i - 1]
+        out.append(str(target) if a == "DIR" else SMALL.get(prev, a))
+    if argv[1] == "train":
+        out += ["--steps", "2"]
+    return out
+
+
+def _check_not_here(cmd: str) -> None:
+    if cmd.startswith("pip install"):
+        from importlib.metadata import metadata
+
+        from sparrow_vllm import SUPPORTED_VLLM_VERSION
+
+        requires = metadata("sparrow-vllm").get_all("Requires-Dist") or []
+        assert any(r.replace(" ", "").startswith(f"vllm=={SUPPORTED_VLLM_VERSION};") and "gpu" in r for r in requires), requires
+        return
+    import shlex
+
+    import sparrow_vllm
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    sparrow_vllm.register()
+    argv = shlex.split(cmd)
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[2:])
+    assert args.model_tag == argv[2] and args.speculative_config["method"] == "sparrow"
+
+
+@pytest.mark.vllm
+def test_every_readme_command_runs(target_dir, tmp_path):
+    """Each fenced README command, in the README's order: run as written, or at small sizes
+    (``SMALL``, a 2-step training) where it is a user's job on their own target, or, where it
+    needs a GPU, checked as far as this machine can (``NOT_HERE``). A new README command falls
+    into one of these or this test fails."""
+    work = tmp_path / "work"
+    work.mkdir()
+    _user_inputs(work)
+    ran, checked = [], []
+    for cmd in readme_commands():
+        if cmd == "make test" or cmd.startswith(".venv/bin/vllm serve "):
+            continue  # CI runs `make test`; test_readme_serve_command_verbatim_answers_a_video_chat
+        reason = next((why for prefix, why in NOT_HERE.items() if cmd.startswith(prefix)), None)
+        if reason:
+            _check_not_here(cmd)
+            checked.append(cmd)
+            continue
+        if cmd in ("make demo", ".venv/bin/sparrow build-target"):
+            argv, cwd = ["bash", "-c", cmd], ROOT
+        elif cmd.startswith("sparrow "):
+            argv, cwd = _small(cmd, target_dir, work), work
+        else:
+            pytest.fail(f"README command with no test: {cmd!r} (run it here, or say in NOT_HERE why not)")
+        out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, f"{cmd!r} failed:\n{(out.stdout + out.stderr)[-3000:]}"
+        if cmd == "make demo":
+            assert "identical greedy output: True" in out.stdout, out.stdout[-2000:]
+        ran.append(cmd)
+    assert (work / "my-draft" / "config.json").is_file() and (work / "shared" / "my-draft").is_dir()
+    assert sum(c.startswith("sparrow data") for c in ran) >= 6 and len(checked) >= 3, (ran, checked)

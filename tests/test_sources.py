@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from own_videos import write_llava, write_openai, write_videos
+from sparrow_vllm.harness.own_videos import write_llava, write_openai, write_videos
 from sparrow_vllm.draft.sources import Conversation, Skipped, Tally, read_source
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from draft_factory import write_random_draft
 from sparrow_vllm.serving.config import ALLOWED_KEYS, SparrowConfigError, translate
+from sparrow_vllm.draft.config import SparrowDraftConfig
 
 
 QWEN = ["Qwen2_5_VLForConditionalGeneration"]
@@ -33,9 +34,10 @@ def _draft(tmp_path, t, **kw):
 def test_translate_to_eagle3_with_draft_defaults(tmp_path, target):
     t, tmc = target
     d = _draft(tmp_path, t)
-    cfg, overrides = translate({"method": "sparrow", "model": str(d)}, tmc)
+    cfg, sparrow = translate({"method": "sparrow", "model": str(d)}, tmc)
     assert cfg == {"method": "eagle3", "model": str(d), "num_speculative_tokens": 3}
-    assert overrides == {}
+    # the engine's typed config is the draft's own, with the engine's k
+    assert sparrow == SparrowDraftConfig.from_dir(d).replace(num_speculative_tokens=3)
 
 
 @pytest.mark.parametrize("archs", [["LlamaForCausalLM"], ["Qwen2VLForConditionalGeneration"], None])
@@ -54,8 +56,8 @@ def test_a_family_without_an_adapter_is_refused_naming_the_supported_ones(tmp_pa
 def test_window_override_is_validated(tmp_path, target):
     t, tmc = target
     d = _draft(tmp_path, t)
-    _, overrides = translate({"method": "sparrow", "model": str(d), "window_size": 32}, tmc)
-    assert overrides == {"window_size": 32}
+    _, sparrow = translate({"method": "sparrow", "model": str(d), "window_size": 32}, tmc)
+    assert sparrow.window_size == 32 and SparrowDraftConfig.from_dir(d).window_size != 32
     with pytest.raises(SparrowConfigError, match="window_size must be a positive integer"):
         translate({"method": "sparrow", "model": str(d), "window_size": 0}, tmc)
 
@@ -128,9 +130,10 @@ def test_unknown_key_lists_the_allowed_keys(tmp_path, target, key, hint):
 def test_hyphenated_keys_are_accepted_like_vllm_does(tmp_path, target):
     t, tmc = target
     d = _draft(tmp_path, t)
-    cfg, overrides = translate({"method": "sparrow", "model": str(d), "num-speculative-tokens": 2,
-                                "window-size": 16}, tmc)
-    assert cfg["num_speculative_tokens"] == 2 and overrides == {"window_size": 16}
+    cfg, sparrow = translate({"method": "sparrow", "model": str(d), "num-speculative-tokens": 2,
+                              "window-size": 16}, tmc)
+    assert cfg["num_speculative_tokens"] == 2 and sparrow.num_speculative_tokens == 2
+    assert sparrow.window_size == 16
 
 
 @pytest.mark.parametrize("w", [0, -8, True, "64", 12.0])

@@ -34,7 +34,7 @@ class DraftConfigError(ValueError):
     """A config field has a value outside the allowed ones (the message names both)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SparrowDraftConfig:
     # IVSB: target layers whose *input* hidden states (HF ``hidden_states[l]``) feed ``fc``.
     anchor_layers: list[int] = field(default_factory=lambda: [15])
@@ -213,17 +213,22 @@ class SparrowDraftConfig:
         return out
 
     @classmethod
+    def from_speculators_dict(cls, d: dict, where: str = "config") -> "SparrowDraftConfig":
+        """From a draft's ``config.json`` as written by :meth:`save` (or a partial one whose
+        ``"sparrow"`` section omits fields the speculators keys carry)."""
+        if "sparrow" not in d or d.get("speculators_model_type") not in ("sparrow", "eagle3"):
+            raise DraftConfigError(f"{where} is not a Sparrow draft config (needs speculators_model_type "
+                                   f"'sparrow' or 'eagle3' and a 'sparrow' section)")
+        return cls.from_dict({**_fields_from_speculators(d), **d["sparrow"]})
+
+    @classmethod
     def from_dir(cls, path) -> "SparrowDraftConfig":
         path = Path(path)
         cfg = path / "config.json"
         if not cfg.is_file():
             raise FileNotFoundError(f"{cfg} not found: expected a draft directory written by "
                                     "`sparrow train` / `sparrow export` (config.json + model.safetensors)")
-        d = json.loads(cfg.read_text())
-        if "sparrow" not in d or d.get("speculators_model_type") not in ("sparrow", "eagle3"):
-            raise DraftConfigError(f"{cfg} is not a Sparrow draft config (needs speculators_model_type "
-                                   f"'sparrow' or 'eagle3' and a 'sparrow' section)")
-        return cls.from_dict({**_fields_from_speculators(d), **d["sparrow"]})
+        return cls.from_speculators_dict(json.loads(cfg.read_text()), str(cfg))
 
 
 def _fields_from_speculators(d: dict) -> dict:

@@ -12,7 +12,8 @@ import difflib
 import json
 from pathlib import Path
 
-from sparrow_vllm.draft.config import NUM_SPECULATIVE_TOKENS, anchor_layer_problems  # training's rules
+from sparrow_vllm.draft.config import (  # training's rules and its config type
+    NUM_SPECULATIVE_TOKENS, DraftConfigError, SparrowDraftConfig, anchor_layer_problems)
 
 # Keys of the user's speculative config that are Sparrow's, not vLLM's.
 SPARROW_KEYS = ("window_size", "anchor_layers")
@@ -148,8 +149,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def translate(user: dict, target_model_config) -> tuple[dict, dict]:
-    """User's sparrow config -> (kwargs for vLLM's SpeculativeConfig, sparrow overrides)."""
+def translate(user: dict, target_model_config) -> tuple[dict, SparrowDraftConfig]:
+    """User's sparrow config -> (kwargs for vLLM's SpeculativeConfig, the draft's config as
+    the engine runs it: its ``config.json`` with the user's overrides, parsed and validated
+    once; ``vllm_compat`` hands this object to the proposer)."""
     cfg = {str(k).replace("-", "_"): v for k, v in user.items()}  # vLLM accepts both spellings
     check_keys(cfg)
     check_family(target_model_config.hf_config)
@@ -158,7 +161,7 @@ def translate(user: dict, target_model_config) -> tuple[dict, dict]:
     model = cfg.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise SparrowConfigError(f"\"model\" must be the path of a Sparrow draft directory, got {model!r}.")
-    draft_dir = model or default_draft_for(target_model_config.model)
+    draft_dir = Path(model) if model else default_draft_for(target_model_config.model)
     draft = read_draft_config(draft_dir)
     check_draft_matches_target(draft, draft_dir, target_model_config.hf_config)
     check_draft_weights(draft_dir)
@@ -176,7 +179,12 @@ def translate(user: dict, target_model_config) -> tuple[dict, dict]:
     cfg["num_speculative_tokens"] = k
     num_layers = _text_config(target_model_config.hf_config).num_hidden_layers
     validate_overrides(overrides, draft["sparrow"], draft_dir, num_layers)
-    return cfg, overrides
+    try:
+        sparrow = SparrowDraftConfig.from_speculators_dict(draft, str(draft_dir / "config.json")).replace(
+            num_speculative_tokens=k, **overrides)
+    except DraftConfigError as e:
+        raise SparrowConfigError(f"Sparrow draft {draft_dir}: {e}. Re-export it with `sparrow train`.") from None
+    return cfg, sparrow
 
 
 def validate_overrides(overrides: dict, sparrow: dict, draft_dir, num_layers: int) -> None:

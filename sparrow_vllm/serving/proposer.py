@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sparrow_vllm.draft.config import WINDOW_SIZE
 from sparrow_vllm.serving.capture import StateCapture
 from sparrow_vllm.serving.window import TextWindowContext, chain_windows, first_pass_windows, text_window_context
 from sparrow_vllm.serving.text_positions import RequestText
+from sparrow_vllm.serving.vllm_compat import VLLMInternalsChanged, sparrow_config_of
 
 # vLLM 0.32: vllm.v1.spec_decode.eagle.EagleProposer (swapped in by vllm_compat).
 from vllm.forward_context import set_forward_context
@@ -38,8 +38,11 @@ class SparrowProposer(EagleProposer):
     def __init__(self, vllm_config, device, runner=None):
         super().__init__(vllm_config, device, runner)
         self.runner = runner
-        sparrow = getattr(self.draft_model_config.hf_config, "sparrow", None) or {}
-        self.window_size = int(sparrow.get("window_size", WINDOW_SIZE))
+        self.config = sparrow_config_of(vllm_config.speculative_config)
+        if self.config is None:
+            raise VLLMInternalsChanged("sparrow-vllm: the engine's speculative config carries no "
+                                       "Sparrow config (vllm_compat patch 2 did not run)")
+        self.window_size = self.config.window_size
         self._requests: dict[str, RequestText] = {}
         # SPARROW_DEBUG_DUMP=file: append the draft inputs of every step as JSON lines
         # (tests use it to check that no visual position ever reaches the draft).
@@ -48,10 +51,10 @@ class SparrowProposer(EagleProposer):
         self.last_inputs: dict | None = None
         # SPARROW_CAPTURE=dir: write the target's anchor states of every verified token
         # (training data from the serving engine; serving/capture.py).
-        self._capture = StateCapture.from_env(len(sparrow.get("anchor_layers") or [1]))
+        self._capture = StateCapture.from_env(len(self.config.anchor_layers))
         logging.getLogger("vllm.sparrow").info(
             "SparrowProposer active: window_size=%d anchor_layers=%s k=%d",
-            self.window_size, sparrow.get("anchor_layers"), self.num_speculative_tokens)
+            self.window_size, self.config.anchor_layers, self.num_speculative_tokens)
 
     # --- per-request text bookkeeping -------------------------------------------------
     def _request_text(self, req_id: str) -> RequestText:

@@ -6,12 +6,14 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
 1. ``vllm.transformers_utils.configs.speculators.algos.SUPPORTED_SPECULATORS_TYPES``:
    adds ``"sparrow"`` so a Sparrow draft directory (speculators layout) loads.
 2. ``vllm.engine.arg_utils.EngineArgs.create_speculative_config``: translates
-   ``{"method": "sparrow", ...}`` into vLLM's EAGLE-3 path (see ``spec_config``).
+   ``{"method": "sparrow", ...}`` into vLLM's EAGLE-3 path (see ``serving.config``) and sets
+   the engine's typed Sparrow config on the resulting ``SpeculativeConfig``
+   (``sparrow_config``, read by :func:`sparrow_config_of`); vLLM's own fields are untouched.
 3. ``vllm.engine.arg_utils.EngineArgs.add_cli_args``: lets ``--speculative-config sparrow``
    (a bare word, not JSON) and ``--spec-method sparrow`` parse.
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
-   base): uses ``SparrowProposer`` as the runner's ``EagleProposer`` when the draft is a
-   Sparrow draft.
+   base): uses ``SparrowProposer`` as the runner's ``EagleProposer`` when the engine runs
+   Sparrow (its speculative config carries a Sparrow config, patch 2).
 5. ``vllm.multimodal.media.connector.MediaConnector._load_file_url`` / ``_load_data_url``:
    a video the server cannot open or decode (missing file, one frame, an image sent as a
    video) is the client's mistake: a 400 with the cause, where vLLM 0.32 answers 500.
@@ -78,6 +80,19 @@ def patch_speculators() -> None:
 
 
 # --- 2 + 3. engine args ----------------------------------------------------------------
+SPARROW_CONFIG_ATTR = "sparrow_config"  # on vllm.config.SpeculativeConfig, set by patch 2
+
+
+def sparrow_config_of(speculative_config):
+    """The :class:`~sparrow_vllm.draft.config.SparrowDraftConfig` an engine runs (the draft's
+    config with the user's overrides, validated once by ``serving.config.translate``), or
+    None for an engine without Sparrow."""
+    from sparrow_vllm.draft.config import SparrowDraftConfig
+
+    cfg = getattr(speculative_config, SPARROW_CONFIG_ATTR, None)
+    return cfg if isinstance(cfg, SparrowDraftConfig) else None
+
+
 SPEC_FLAGS = (("--spec-method", "spec_method", "method"), ("--spec-model", "spec_model", "model"),
               ("--spec-tokens", "spec_tokens", "num_speculative_tokens"))
 
@@ -140,18 +155,17 @@ def patch_engine_args() -> None:
                 "method 'sparrow' runs in vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER "
                 "(or set it to 0).")
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-        self.speculative_config, overrides = spec_config.translate(sc, target_model_config)
+        self.speculative_config, sparrow = spec_config.translate(sc, target_model_config)
         result = create(self, target_model_config, target_parallel_config)
-        hf = result.draft_model_config.hf_config
-        sparrow = getattr(hf, "sparrow", None)
-        if not isinstance(sparrow, dict):
+        if not isinstance(getattr(result.draft_model_config.hf_config, "sparrow", None), dict):
             raise VLLMInternalsChanged("sparrow-vllm: the Sparrow draft config lost its 'sparrow' section")
-        sparrow.update(overrides)
+        # The typed config rides on vLLM's SpeculativeConfig (pickled with it into every
+        # process), read back by sparrow_config_of; vLLM's own fields are left as vLLM set them.
+        setattr(result, SPARROW_CONFIG_ATTR, sparrow)
         logger.info(
             "Sparrow speculative decoding: draft=%s k=%d window=%d anchor_layers=%s "
             "(carried inside vLLM as method='eagle3')",
-            result.model, result.num_speculative_tokens, sparrow.get("window_size"),
-            sparrow.get("anchor_layers"),
+            result.model, result.num_speculative_tokens, sparrow.window_size, sparrow.anchor_layers,
         )
         return result
 
@@ -200,9 +214,7 @@ def _patch_model_runner(module) -> None:
 
     @functools.wraps(init)
     def __init__(self, vllm_config, *args, **kwargs):
-        sc = vllm_config.speculative_config
-        if not (sc is not None and sc.draft_model_config is not None and
-                isinstance(getattr(sc.draft_model_config.hf_config, "sparrow", None), dict)):
+        if sparrow_config_of(vllm_config.speculative_config) is None:
             result = init(self, vllm_config, *args, **kwargs)
             _time_drafter(self)
             return result
