@@ -398,10 +398,30 @@ def target_long(name: str = "target_quality_long") -> str:
     return "\n".join(out)
 
 
+def own_data() -> str:
+    """benchmarks/bench_own_data.py: a draft trained on a user's own videos against the committed one."""
+    d = json.loads((RESULTS / "own_data.json").read_text())
+    out = ["| draft | test videos | tau k=5 offline (eval-draft) | tau k=5 in vLLM | acceptance per position (vLLM) |",
+           "|---|---|---|---|---|"]
+    for name, e in d["evals"].items():
+        v = d["through_vllm"][name]
+        draft, test = name.split(" on ")
+        out.append(f"| {draft.replace('own draft', 'own-video draft')} | {e['samples']} {test} | {e['tau_k5']:.2f} "
+                   f"| {v['tau']:.2f} | {', '.join(f'{a:.2f}' for a in v['acceptance_per_position'])} |")
+    out.append("")
+    out.append(f"Own-video draft / committed draft, each on its own test set: {d['own_vs_committed_k5_through_vllm']:.2f}x "
+               f"in vLLM ({d['own_vs_committed_k5']:.2f}x offline). Extraction `--from` through vLLM: "
+               f"{d['extraction_min_per_1k_samples']:.0f} min per 1k samples, "
+               f"{d['disk_bytes_per_sample'] / 1e3:.0f} KB a sample ({len(d['anchor_layers_stored'])} anchor layers "
+               f"of a {d['target']} target, fp16, text positions only); {d['hardware'].get('cpu', 'CPU')}, "
+               f"{d['hardware'].get('cores', '?')} cores.")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
-              "compiled": compiled, "long": long, "target_long": target_long}
+              "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))

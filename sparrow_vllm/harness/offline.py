@@ -164,9 +164,16 @@ class _DraftProfile:
 
 
 def _run_cell(llm, build, prompt_specs, sampling) -> dict:
-    prompts = build(prompt_specs)
+    """Prompt specs are SparrowWorld/text descriptions (``_build_prompts``) or, all of them,
+    ``{"messages": [...]}``: OpenAI chat messages, run through ``LLM.chat`` (vLLM's own chat
+    template and video loader, as ``vllm serve`` would)."""
+    chats = bool(prompt_specs) and all("messages" in s for s in prompt_specs)
+    prompts = None if chats else build(prompt_specs)
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, sampling, use_tqdm=False)
+    if chats:
+        outs = llm.chat([s["messages"] for s in prompt_specs], sampling, use_tqdm=False)
+    else:
+        outs = llm.generate(prompts, sampling, use_tqdm=False)
     wall = time.perf_counter() - t0
     results = []
     for o in outs:

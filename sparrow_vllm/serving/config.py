@@ -24,10 +24,20 @@ VLLM_KEYS = ("method", "model", "num_speculative_tokens", "num_speculative_token
 ALLOWED_KEYS = VLLM_KEYS + SPARROW_KEYS
 DRAFT_LINK_NAMES = ("sparrow_draft",)  # <target>/sparrow_draft/ holds a target's default draft
 MAX_SPECULATIVE_TOKENS = 16
+# The engine's SparrowDraftConfig rides on vLLM's SpeculativeConfig under this name (vllm_compat
+# patch 2 sets it; pickled with it into every process vLLM starts).
+SPARROW_CONFIG_ATTR = "sparrow_config"
 
 
 class SparrowConfigError(ValueError):
     """A user mistake in the Sparrow speculative config; the message says how to fix it."""
+
+
+def sparrow_config_of(speculative_config) -> SparrowDraftConfig | None:
+    """The config an engine's Sparrow draft runs with (its ``config.json`` with the user's
+    overrides, validated once by :func:`translate`), or None for an engine without Sparrow."""
+    cfg = getattr(speculative_config, SPARROW_CONFIG_ATTR, None)
+    return cfg if isinstance(cfg, SparrowDraftConfig) else None
 
 
 def read_draft_config(draft_dir: str | Path) -> dict:

@@ -27,7 +27,7 @@ import torch
 from sparrow_vllm.serving.capture import StateCapture
 from sparrow_vllm.serving.window import TextWindowContext, chain_windows, first_pass_windows, text_window_context
 from sparrow_vllm.serving.text_positions import RequestText
-from sparrow_vllm.serving.vllm_compat import VLLMInternalsChanged, sparrow_config_of
+from sparrow_vllm.serving.config import sparrow_config_of
 
 # vLLM 0.32: vllm.v1.spec_decode.eagle.EagleProposer (swapped in by vllm_compat).
 from vllm.forward_context import set_forward_context
@@ -40,8 +40,8 @@ class SparrowProposer(EagleProposer):
         self.runner = runner
         self.config = sparrow_config_of(vllm_config.speculative_config)
         if self.config is None:
-            raise VLLMInternalsChanged("sparrow-vllm: the engine's speculative config carries no "
-                                       "Sparrow config (vllm_compat patch 2 did not run)")
+            raise RuntimeError("sparrow-vllm: the engine's speculative config carries no Sparrow "
+                               "config (vllm_compat patch 2 did not run)")
         self.window_size = self.config.window_size
         self._requests: dict[str, RequestText] = {}
         # SPARROW_DEBUG_DUMP=file: append the draft inputs of every step as JSON lines

@@ -8,7 +8,7 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
 2. ``vllm.engine.arg_utils.EngineArgs.create_speculative_config``: translates
    ``{"method": "sparrow", ...}`` into vLLM's EAGLE-3 path (see ``serving.config``) and sets
    the engine's typed Sparrow config on the resulting ``SpeculativeConfig``
-   (``sparrow_config``, read by :func:`sparrow_config_of`); vLLM's own fields are untouched.
+   (``sparrow_config``, read by ``serving.config.sparrow_config_of``); vLLM's own fields are untouched.
 3. ``vllm.engine.arg_utils.EngineArgs.add_cli_args``: lets ``--speculative-config sparrow``
    (a bare word, not JSON) and ``--spec-method sparrow`` parse.
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
@@ -80,19 +80,6 @@ def patch_speculators() -> None:
 
 
 # --- 2 + 3. engine args ----------------------------------------------------------------
-SPARROW_CONFIG_ATTR = "sparrow_config"  # on vllm.config.SpeculativeConfig, set by patch 2
-
-
-def sparrow_config_of(speculative_config):
-    """The :class:`~sparrow_vllm.draft.config.SparrowDraftConfig` an engine runs (the draft's
-    config with the user's overrides, validated once by ``serving.config.translate``), or
-    None for an engine without Sparrow."""
-    from sparrow_vllm.draft.config import SparrowDraftConfig
-
-    cfg = getattr(speculative_config, SPARROW_CONFIG_ATTR, None)
-    return cfg if isinstance(cfg, SparrowDraftConfig) else None
-
-
 SPEC_FLAGS = (("--spec-method", "spec_method", "method"), ("--spec-model", "spec_model", "model"),
               ("--spec-tokens", "spec_tokens", "num_speculative_tokens"))
 
@@ -161,7 +148,7 @@ def patch_engine_args() -> None:
             raise VLLMInternalsChanged("sparrow-vllm: the Sparrow draft config lost its 'sparrow' section")
         # The typed config rides on vLLM's SpeculativeConfig (pickled with it into every
         # process), read back by sparrow_config_of; vLLM's own fields are left as vLLM set them.
-        setattr(result, SPARROW_CONFIG_ATTR, sparrow)
+        setattr(result, spec_config.SPARROW_CONFIG_ATTR, sparrow)
         logger.info(
             "Sparrow speculative decoding: draft=%s k=%d window=%d anchor_layers=%s "
             "(carried inside vLLM as method='eagle3')",
@@ -214,6 +201,8 @@ def _patch_model_runner(module) -> None:
 
     @functools.wraps(init)
     def __init__(self, vllm_config, *args, **kwargs):
+        from sparrow_vllm.serving.config import sparrow_config_of
+
         if sparrow_config_of(vllm_config.speculative_config) is None:
             result = init(self, vllm_config, *args, **kwargs)
             _time_drafter(self)
