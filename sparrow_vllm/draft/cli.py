@@ -165,15 +165,16 @@ def run_data(args) -> int:
 def _run_data_from(args) -> int:
     from sparrow_vllm.draft.from_source import generate_source_dataset
 
-    if args.ray or args.task != "qa" or args.n is not None or args.frames or args.visual_tokens:
-        raise SystemExit("sparrow data: --from takes its samples from the file; --n, --frames, --visual-tokens, "
-                         "--task and --ray do not apply")
+    if args.task != "qa" or args.n is not None or args.frames or args.visual_tokens:
+        raise SystemExit("sparrow data: --from takes its samples from the file; --n, --frames, --visual-tokens "
+                         "and --task do not apply")
     try:
         m = generate_source_dataset(args.target, args.out, args.source, args.video_root, args.prompts,
                                     layers=args.layers, all_positions=args.all_positions,
                                     max_new_tokens=args.max_new_tokens, shard_size=args.shard_size,
                                     max_model_len=args.max_model_len, media_io_kwargs=args.media_io_kwargs,
-                                    responses=args.responses)
+                                    responses=args.responses, ray=args.ray, num_workers=args.num_workers,
+                                    threads=args.threads)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # DataMismatchError is a ValueError
         raise SystemExit(f"sparrow data: {e}") from None
     shards = [s for s in m["shards"].values() if s.get("file")]

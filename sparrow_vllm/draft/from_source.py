@@ -220,19 +220,88 @@ def source_settings(source, layers, all_positions: bool, max_new_tokens: int, sh
             "states": "the vLLM engine itself (serving/capture.py)", "dtype": "float16"}
 
 
+GROUP_TURNS = 1024  # turns one capture engine distils before its shards are written
+
+
+def distil_group(job: dict, group: list[tuple[int, list]]) -> list[tuple[int, dict]]:
+    """One capture engine over the turns of ``group`` (``(shard index, items)``): writes those
+    shards into ``job["out_dir"]`` and returns their manifest entries (the caller records them)."""
+    from safetensors.torch import save_file
+
+    from sparrow_vllm.draft.data import pack
+
+    out_dir, forced = Path(job["out_dir"]), job["responses"] == "dataset"
+    pending = [it for _, items in group for it in items]
+    requests = [{"id": sid, "messages": chat_messages(c, t, forced)} for sid, c, t in pending]
+    answers = None
+    if forced:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(job["target_dir"])
+        answers = [tok(c.turns[t][1], add_special_tokens=False)["input_ids"] for _, c, t in pending]
+    run = run_capture(job["target_dir"], requests, job["layers"], job["max_new_tokens"], job["media_root"],
+                      dict(job["engine"]), forced)
+    try:
+        results = dict(zip([r["id"] for r in requests], samples_of(run, requests, job["all_positions"], answers)))
+    finally:  # the captured rows are in the samples now (or the group is redone)
+        shutil.rmtree(Path(run["capture_dir"]).parent, ignore_errors=True)
+    entries = []
+    for k, items in group:
+        kept = [(sid, results[sid]) for sid, _, _ in items if not isinstance(results[sid], str)]
+        skipped = [[sid, results[sid]] for sid, _, _ in items if isinstance(results[sid], str)]
+        name = f"shard-{k:05d}.safetensors"
+        if kept:
+            save_file(pack([s for _, s in kept]), str(out_dir / (name + ".tmp")))
+            os.replace(out_dir / (name + ".tmp"), out_dir / name)
+        entries.append((k, {
+            "file": name if kept else None, "samples": [sid for sid, _ in kept], "skipped": skipped,
+            "bytes": (out_dir / name).stat().st_size if kept else 0,
+            "rows": int(sum(len(s["ids"]) for _, s in kept)),
+            "text_rows": int(sum(int((s["text_index"] >= 0).sum()) for _, s in kept))}))
+    return entries
+
+
+def _distil_on_ray(job: dict, shards: list, todo: list[int], per: int, manifest: dict,
+                   num_workers: int | None, threads: int) -> None:
+    """``--ray``: the groups as Ray tasks, one capture engine each (a GPU each when the cluster
+    has GPUs), at most ``num_workers`` at a time; the driver records every group's shards as
+    it finishes, so an interrupted run resumes there. A task whose worker dies is rerun by Ray
+    (``max_retries``); its shard files are written to temp names and renamed, keyed by index."""
+    import ray
+
+    from sparrow_vllm.draft.data import record_shard
+    from sparrow_vllm.draft.ray_data import _pool_size
+
+    if not ray.is_initialized():
+        ray.init()
+    per = max(1, min(per, -(-len(todo) // (num_workers or 1))))
+    groups = [[(k, shards[k]) for k in todo[g:g + per]] for g in range(0, len(todo), per)]
+    workers, resources = _pool_size(num_workers, len(groups), threads)
+    task = ray.remote(max_retries=2, **resources)(distil_group)
+    running, queue = [], list(groups)
+    while queue or running:
+        while queue and len(running) < workers:
+            running.append(task.remote(job, queue.pop(0)))
+        done, running = ray.wait(running, num_returns=1)
+        for k, entry in ray.get(done[0]):
+            record_shard(job["out_dir"], manifest, k, entry)
+
+
 def generate_source_dataset(target_dir, out_dir, source, video_root=None, prompts=None, layers=(15,),
                             all_positions: bool = False, max_new_tokens: int = 256, shard_size: int = 16,
                             max_model_len: int = 32768, media_io_kwargs: dict | None = None,
-                            kv_cache_gib: int = 4, responses: str = "target") -> dict:
+                            kv_cache_gib: int = 4, responses: str = "target", ray: bool = False,
+                            num_workers: int | None = None, threads: int = 1) -> dict:
     """``sparrow data --from``: read ``source``, self-distil every kept turn through vLLM into
     ``out_dir`` (resumable shards; the manifest and the printed summary count every skipped
     record and turn with its reason). ``responses``: ``target`` (its greedy answers, the
-    default) or ``dataset`` (the dataset's answers, teacher-forced)."""
-    from safetensors.torch import save_file
+    default) or ``dataset`` (the dataset's answers, teacher-forced). The turns go through vLLM
+    in groups of ``GROUP_TURNS`` (one engine each, shards written after each); ``ray``: the
+    groups run as Ray tasks (:func:`_distil_on_ray`), the same shards."""
     from transformers import AutoConfig
 
-    from sparrow_vllm.draft.data import (MANIFEST, DataMismatchError, _write_manifest, check_target, pack,
-                                         record_shard, target_identity)
+    from sparrow_vllm.draft.data import (MANIFEST, DataMismatchError, _write_manifest, check_target, record_shard,
+                                         target_identity)
     from sparrow_vllm.draft.sources import Conversation, Skipped, Tally, read_source
 
     out_dir = Path(out_dir)
@@ -268,36 +337,19 @@ def generate_source_dataset(target_dir, out_dir, source, video_root=None, prompt
     manifest["n"], manifest["records"] = len(items), tally.to_dict()
     shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
     todo = [k for k in range(len(shards)) if str(k) not in manifest["shards"]]
+    engine = {"max_model_len": max_model_len, "kv_cache_gib": kv_cache_gib}
+    if media_io_kwargs:
+        engine["media_io_kwargs"] = media_io_kwargs
+    per = max(1, GROUP_TURNS // shard_size)
     if todo:
-        pending = [it for k in todo for it in shards[k]]
-        forced = responses == "dataset"
-        requests = [{"id": sid, "messages": chat_messages(c, t, forced)} for sid, c, t in pending]
-        answers = None
-        if forced:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(target_dir))
-            answers = [tok(c.turns[t][1], add_special_tokens=False)["input_ids"] for _, c, t in pending]
-        engine = {"max_model_len": max_model_len, "kv_cache_gib": kv_cache_gib}
-        if media_io_kwargs:
-            engine["media_io_kwargs"] = media_io_kwargs
-        run = run_capture(target_dir, requests, layers, max_new_tokens, media_root(convs), engine, forced)
-        try:
-            results = dict(zip([r["id"] for r in requests], samples_of(run, requests, all_positions, answers)))
-        finally:  # the captured rows are in the samples now (or the run is redone)
-            shutil.rmtree(Path(run["capture_dir"]).parent, ignore_errors=True)
-        for k in todo:
-            kept = [(sid, results[sid]) for sid, _, _ in shards[k] if not isinstance(results[sid], str)]
-            skipped = [[sid, results[sid]] for sid, _, _ in shards[k] if isinstance(results[sid], str)]
-            name = f"shard-{k:05d}.safetensors"
-            if kept:
-                save_file(pack([s for _, s in kept]), str(out_dir / (name + ".tmp")))
-                os.replace(out_dir / (name + ".tmp"), out_dir / name)
-            record_shard(out_dir, manifest, k, {
-                "file": name if kept else None, "samples": [sid for sid, _ in kept], "skipped": skipped,
-                "bytes": (out_dir / name).stat().st_size if kept else 0,
-                "rows": int(sum(len(s["ids"]) for _, s in kept)),
-                "text_rows": int(sum(int((s["text_index"] >= 0).sum()) for _, s in kept))})
+        job = dict(target_dir=str(target_dir), out_dir=str(out_dir), layers=layers, max_new_tokens=max_new_tokens,
+                   all_positions=all_positions, responses=responses, engine=engine, media_root=media_root(convs))
+        if ray:
+            _distil_on_ray(job, shards, todo, per, manifest, num_workers, threads)
+        else:  # one engine a group: a crash loses one group
+            for g in range(0, len(todo), per):
+                for k, entry in distil_group(job, [(k, shards[k]) for k in todo[g:g + per]]):
+                    record_shard(out_dir, manifest, k, entry)
     turns = Tally(kept=sum(len(s["samples"]) for s in manifest["shards"].values()))
     for s in manifest["shards"].values():
         for _, reason in s.get("skipped", ()):
