@@ -119,7 +119,7 @@ def test_ray_writes_the_same_shards_in_groups(dataset, target_dir, tmp_path, mon
     from sparrow_vllm.draft import from_source
 
     root, src, out, m = dataset
-    monkeypatch.setattr(from_source, "GROUP_TURNS", 4)  # one shard a group: three groups, two workers
+    monkeypatch.setattr(from_source, "GROUP_TURNS", 8)  # two shards a group: two groups, two workers
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         r = generate_source_dataset(target_dir, tmp_path / "ray", src, video_root=root, layers=[15],

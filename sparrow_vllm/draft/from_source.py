@@ -261,32 +261,6 @@ def distil_group(job: dict, group: list[tuple[int, list]]) -> list[tuple[int, di
     return entries
 
 
-def _distil_on_ray(job: dict, shards: list, todo: list[int], per: int, manifest: dict,
-                   num_workers: int | None, threads: int) -> None:
-    """``--ray``: the groups as Ray tasks, one capture engine each (a GPU each when the cluster
-    has GPUs), at most ``num_workers`` at a time; the driver records every group's shards as
-    it finishes, so an interrupted run resumes there. A task whose worker dies is rerun by Ray
-    (``max_retries``); its shard files are written to temp names and renamed, keyed by index."""
-    import ray
-
-    from sparrow_vllm.draft.data import record_shard
-    from sparrow_vllm.draft.ray_data import _pool_size
-
-    if not ray.is_initialized():
-        ray.init()
-    per = max(1, min(per, -(-len(todo) // (num_workers or 1))))
-    groups = [[(k, shards[k]) for k in todo[g:g + per]] for g in range(0, len(todo), per)]
-    workers, resources = _pool_size(num_workers, len(groups), threads)
-    task = ray.remote(max_retries=2, **resources)(distil_group)
-    running, queue = [], list(groups)
-    while queue or running:
-        while queue and len(running) < workers:
-            running.append(task.remote(job, queue.pop(0)))
-        done, running = ray.wait(running, num_returns=1)
-        for k, entry in ray.get(done[0]):
-            record_shard(job["out_dir"], manifest, k, entry)
-
-
 def generate_source_dataset(target_dir, out_dir, source, video_root=None, prompts=None, layers=(15,),
                             all_positions: bool = False, max_new_tokens: int = 256, shard_size: int = 16,
                             max_model_len: int = 32768, media_io_kwargs: dict | None = None,
@@ -297,7 +271,7 @@ def generate_source_dataset(target_dir, out_dir, source, video_root=None, prompt
     record and turn with its reason). ``responses``: ``target`` (its greedy answers, the
     default) or ``dataset`` (the dataset's answers, teacher-forced). The turns go through vLLM
     in groups of ``GROUP_TURNS`` (one engine each, shards written after each); ``ray``: the
-    groups run as Ray tasks (:func:`_distil_on_ray`), the same shards."""
+    groups run as Ray tasks (``ray_data.distil_source_ray``), the same shards."""
     from transformers import AutoConfig
 
     from sparrow_vllm.draft.data import (MANIFEST, DataMismatchError, _write_manifest, check_target, record_shard,
@@ -345,7 +319,9 @@ def generate_source_dataset(target_dir, out_dir, source, video_root=None, prompt
         job = dict(target_dir=str(target_dir), out_dir=str(out_dir), layers=layers, max_new_tokens=max_new_tokens,
                    all_positions=all_positions, responses=responses, engine=engine, media_root=media_root(convs))
         if ray:
-            _distil_on_ray(job, shards, todo, per, manifest, num_workers, threads)
+            from sparrow_vllm.draft.ray_data import distil_source_ray
+
+            distil_source_ray(job, shards, todo, per, manifest, num_workers, threads)
         else:  # one engine a group: a crash loses one group
             for g in range(0, len(todo), per):
                 for k, entry in distil_group(job, [(k, shards[k]) for k in todo[g:g + per]]):

@@ -10,6 +10,9 @@ An actor that dies is restarted by Ray and its shard redone (Ray Data's actor-po
 name and renamed, and a shard is keyed by its index, so a redone shard can neither be lost
 nor duplicated. Those retries are unbounded, so each shard counts its attempts in a file
 and fails the run after ``MAX_ATTEMPTS`` (a sample that always kills its worker, e.g. OOM).
+
+``sparrow data --from --ray`` (:func:`distil_source_ray`) runs Ray tasks instead, one vLLM
+engine per group of turns.
 """
 
 from __future__ import annotations
@@ -120,3 +123,30 @@ def generate_dataset_ray(target_dir, out_dir, spec: DataSpec, num_workers: int |
         bar.update(len(entry["samples"]))
     bar.close()
     return manifest
+
+
+def distil_source_ray(job: dict, shards: list, todo: list[int], per: int, manifest: dict,
+                   num_workers: int | None, threads: int) -> None:
+    """``sparrow data --from --ray``: the turn groups of
+    :func:`~sparrow_vllm.draft.from_source.generate_source_dataset` as Ray tasks, one vLLM
+    capture engine each (a GPU each when the cluster has GPUs), at most ``num_workers`` at a
+    time; the driver records every group's shards as it finishes, so an interrupted run
+    resumes there. A task whose worker dies is rerun by Ray
+    (``max_retries``); its shard files are written to temp names and renamed, keyed by index."""
+    import ray
+
+    from sparrow_vllm.draft.from_source import distil_group
+
+    if not ray.is_initialized():
+        ray.init()
+    per = max(1, min(per, -(-len(todo) // (num_workers or 1))))
+    groups = [[(k, shards[k]) for k in todo[g:g + per]] for g in range(0, len(todo), per)]
+    workers, resources = _pool_size(num_workers, len(groups), threads)
+    task = ray.remote(max_retries=2, **resources)(distil_group)
+    running, queue = [], list(groups)
+    while queue or running:
+        while queue and len(running) < workers:
+            running.append(task.remote(job, queue.pop(0)))
+        done, running = ray.wait(running, num_returns=1)
+        for k, entry in ray.get(done[0]):
+            record_shard(job["out_dir"], manifest, k, entry)
