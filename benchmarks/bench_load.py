@@ -52,11 +52,30 @@ def server_args(media: Path, args, speculative: dict | None) -> list[str]:
     return out + (["--speculative-config", json.dumps(speculative)] if speculative else [])
 
 
+def k_histogram(metrics_text: str) -> dict[str, float]:
+    """``sparrow:num_draft_tokens_per_step`` (serving/metrics.py) from ``/metrics``: steps per k."""
+    from sparrow_vllm.serving.metrics import METRIC
+
+    cum = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(METRIC + "_bucket") and 'le="' in line:
+            le = line.split('le="')[1].split('"')[0]
+            cum[le] = cum.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    out, prev = {}, 0.0
+    for le in sorted(cum, key=lambda x: float("inf") if x == "+Inf" else float(x)):
+        if le != "+Inf":
+            out[f"k={float(le) - 0.5:.0f}"] = cum[le] - prev
+            prev = cum[le]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", help="target checkpoint (default: the embedded target, built if needed)")
     ap.add_argument("--draft", help="Sparrow draft (default: the target's default draft)")
     ap.add_argument("--k", type=int, default=3, help="num_speculative_tokens")
+    ap.add_argument("--auto", action="store_true",
+                    help="adaptive k (\"num_speculative_tokens_per_batch_size\": \"auto\"; the draft needs a k_table.json)")
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight at once")
     ap.add_argument("--abort-every", type=int, default=3, help="every n-th request is aborted by the client")
@@ -80,6 +99,8 @@ def main() -> int:
     abort_after = [1 + (i // args.abort_every) % 2 if i % args.abort_every == 0 else None for i in range(n)]
 
     spec = {"method": "sparrow", "model": draft, "num_speculative_tokens": args.k}
+    if args.auto:
+        spec = {"method": "sparrow", "model": draft, "num_speculative_tokens_per_batch_size": "auto"}
     t0 = time.time()
     with Server(target, server_args(media, args, spec), log=media / "sparrow.log", startup_timeout=600) as s:
         model = json.loads(s.get("/v1/models"))["data"][0]["id"]
@@ -116,6 +137,7 @@ def main() -> int:
         "total_s": round(time.time() - t0, 1),
         "mean_accepted_length": spec.pop("mean_accepted_length"),
         "spec_decode": spec,
+        "k_per_step_histogram": k_histogram(after),
     })
     out = {
         "what": "concurrent streamed video chats against vllm serve with sparrow, client aborts, "

@@ -418,10 +418,82 @@ def own_data() -> str:
     return "\n".join(out)
 
 
+def adaptive_k(name: str = "adaptive_k") -> str:
+    """benchmarks/bench_adaptive_k.py: speedup vs no speculation per (visual tokens, batch) for
+    fixed k = 5, the best fixed k and auto (mean and range over repeats); also writes its plot."""
+    d = json.loads((RESULTS / f"{name}.json").read_text())
+    cells = d["cells"]
+    points = sorted({(c["visual_tokens"], c["batch"]) for c in cells})
+    k_max = d["config"]["k_max"]
+
+    def at(vt, b, method, k=None):
+        xs = [c for c in cells if c["visual_tokens"] == vt and c["batch"] == b and c["method"] == method
+              and (k is None or c.get("k") == k) and c.get("speedup_vs_none") is not None]
+        return xs
+
+    def fmt(xs):
+        if not xs:
+            return "-"
+        v = [c["speedup_vs_none"] for c in xs]
+        m = sum(v) / len(v)
+        return f"{m:.2f}x" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+
+    out = [f"| visual tokens | batch | requests | fixed k={k_max} | best fixed (k) | auto | auto's k per decode step |",
+           "|---|---|---|---|---|---|---|"]
+    for vt, b in points:
+        best, auto = at(vt, b, "best_fixed"), at(vt, b, "auto")
+        ks = sorted({c["k"] for c in best})
+        hist = {}
+        for c in auto:
+            for k, n in (c.get("k_steps") or {}).items():
+                hist[k] = hist.get(k, 0) + n
+        total = sum(hist.values()) or 1
+        steps = ", ".join(f"k={k}: {100 * n / total:.0f}%" for k, n in sorted(hist.items(), key=lambda x: int(x[0])))
+        req = (at(vt, b, "none") or [{}])[0].get("requests", "-")
+        out.append(f"| {vt:,} | {b} | {req} | {fmt(at(vt, b, 'fixed', k_max))} | {fmt(best)} "
+                   f"({'/'.join(map(str, ks))}) | {fmt(auto)} | {steps or '-'} |")
+    reps = d["config"].get("repeats", 1)
+    out.append("")
+    out.append(f"Speedup: decode tokens/s over no speculation's at the same point, one run, "
+               f"{'mean (range) of ' + str(reps) + ' repeats' if reps > 1 else 'one repeat'}; "
+               f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
+    _plot_adaptive(cells, points, k_max, RESULTS / f"{name}.png")
+    return "\n".join(out)
+
+
+def _plot_adaptive(cells, points, k_max, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({vt for vt, _ in points})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.6), squeeze=False)
+    for ax, vt in zip(axes[0], lengths):
+        batches = sorted(b for v, b in points if v == vt)
+        for method, k, style in (("fixed", k_max, "s--"), ("best_fixed", None, "^:"), ("auto", None, "o-")):
+            ys = []
+            for b in batches:
+                v = [c["speedup_vs_none"] for c in cells if c["visual_tokens"] == vt and c["batch"] == b
+                     and c["method"] == method and (k is None or c.get("k") == k) and c.get("speedup_vs_none")]
+                ys.append(sum(v) / len(v) if v else float("nan"))
+            ax.plot(batches, ys, style, label=f"fixed k={k_max}" if method == "fixed" else method.replace("_", " "))
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch")
+        ax.set_title(f"{vt:,} visual tokens")
+    axes[0][0].set_ylabel("speedup vs no speculation")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
-              "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data}
+              "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data,
+              "adaptive_k": adaptive_k}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))

@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "build-target": "sparrow_vllm.target.cli",  # also train-target, eval-target
     "demo": "sparrow_vllm.harness.demo",
     "data": "sparrow_vllm.draft.cli",  # also train, eval-draft
+    "tune": "sparrow_vllm.serving.tune",
 }
 
 

@@ -22,6 +22,11 @@ def test_register_is_idempotent_and_installs_patches():
     sparrow_vllm.register()
     assert EngineArgs.create_speculative_config is first
     assert "sparrow" in SUPPORTED_SPECULATORS_TYPES
+    # patches 9 and 10 wrap their symbols once, when the modules are imported
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    assert Scheduler._update_after_schedule._sparrow and AsyncLLM.__init__._sparrow
 
 
 def test_unsupported_vllm_version_names_the_supported_one():
@@ -41,7 +46,7 @@ def test_vllm_cli_version_works_on_cpu():
 def test_sparrow_cli_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "sparrow_vllm.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ("world", "build-target", "train-target", "eval-target", "demo", "data", "train", "eval-draft"):
+    for cmd in ("world", "build-target", "train-target", "eval-target", "demo", "data", "train", "eval-draft", "tune"):
         assert cmd in out.stdout
 
 

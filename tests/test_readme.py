@@ -153,6 +153,8 @@ def _small(cmd: str, target: Path, work: Path) -> list[str]:
         out.append(str(target) if a == "DIR" else SMALL.get(prev, a))
     if argv[1] == "train":
         out += ["--steps", "2"]
+    if argv[1] == "tune":  # a short video, batches of 1 and 2, k up to 2: three engines
+        out += ["--visual-tokens", "128", "--batch", "1", "2", "--k-max", "2", "--requests", "2"]
     return out
 
 
@@ -207,4 +209,7 @@ def test_every_readme_command_runs(target_dir, tmp_path):
             assert "identical greedy output: True" in out.stdout, out.stdout[-2000:]
         ran.append(cmd)
     assert (work / "my-draft" / "config.json").is_file() and (work / "shared" / "my-draft").is_dir()
+    from sparrow_vllm.serving.adaptive import KTable
+
+    assert KTable.read(work / "my-draft" / "k_table.json").k_max == 2  # sparrow tune's
     assert sum(c.startswith("sparrow data") for c in ran) >= 6 and len(checked) >= 3, (ran, checked)

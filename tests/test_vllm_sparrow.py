@@ -113,3 +113,34 @@ def test_prefill_chunks_of_video_only(target_dir, sparrow_draft):
     got = _run(target_dir, sparrow_draft, engine, sampling={"max_tokens": 24}, prompts=prompts)
     _assert_identical(ref, got)
     assert got["spec"]["num_drafts"] > 0
+
+
+def test_auto_k_follows_the_table_by_batch_and_context(target_dir, sparrow_draft, reference, tmp_path, monkeypatch):
+    """"auto": every decode step drafts the k of the draft's k table at its batch size and
+    (vllm_compat patch 9) the row of its mean context; output stays lossless."""
+    from sparrow_vllm.serving.adaptive import KTable
+    from sparrow_vllm.serving.tune import run_measured
+
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    for f in sparrow_draft.iterdir():
+        (draft / f.name).symlink_to(f.resolve())
+    # the prompts' contexts run from ~150 tokens (16 frames) to ~1,100 (128 frames)
+    table = KTable(contexts=[150, 1100], schedules=[[[1, 1, 3], [2, 4, 2]], [[1, 2, 1], [3, 4, 0]]], k_max=3)
+    (draft / "k_table.json").write_text(json.dumps(table.to_json()))
+    spec = {"target": str(target_dir), "prompts": PROMPTS, "sampling": {"max_tokens": 32}, "engine": ENGINE,
+            "speculative_config": {"method": "sparrow", "model": str(draft),
+                                   "num_speculative_tokens_per_batch_size": "auto"}}
+    out, steps = run_measured(spec)
+    _assert_identical(reference, out)
+    lookup = table.lookup(ENGINE["max_num_seqs"])
+    mid = (150 * 1100) ** 0.5
+    checked, seen = 0, set()
+    for s in steps:
+        if s["prefill"] or abs(s["context"] - mid) < 0.15 * mid:  # the row is ambiguous there
+            continue
+        row = table.row(s["context"])
+        assert s["k"] == lookup[row][s["reqs"]], s
+        checked, seen = checked + 1, seen | {(row, s["k"])}
+    assert checked >= 20 and {r for r, _ in seen} == {0, 1} and len(seen) >= 3, seen
+    assert 0 < out["spec"]["num_draft_tokens"] < 3 * out["spec"]["num_drafts"]

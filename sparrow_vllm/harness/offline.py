@@ -124,10 +124,14 @@ def run_engine(spec: dict) -> dict:
     # "cells": several prompt sets run one after another on the same engine (benchmarks).
     cells = spec.get("cells") or [{"prompts": spec["prompts"]}]
     results, before = [], _spec_metrics(llm)
-    for cell in cells:
+    steps_log = os.environ.get("SPARROW_PROFILE_STEPS")  # engine steps timed (vllm_compat._time_steps)
+    for i, cell in enumerate(cells):
         if cell.get("warmup"):
             llm.generate(build(cell["warmup"]), sampling, use_tqdm=False)
             before = _spec_metrics(llm)
+        if steps_log:  # the engine is idle here: steps after this line are this cell's
+            with open(steps_log, "a") as f:
+                f.write(json.dumps({"cell": i}) + "\n")
         if profile:
             profile.read()  # drop the warm-up's calls
         cell_result = _run_cell(llm, build, cell["prompts"], sampling)

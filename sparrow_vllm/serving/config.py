@@ -27,6 +27,10 @@ MAX_SPECULATIVE_TOKENS = 16
 # The engine's SparrowDraftConfig rides on vLLM's SpeculativeConfig under this name (vllm_compat
 # patch 2 sets it; pickled with it into every process vLLM starts).
 SPARROW_CONFIG_ATTR = "sparrow_config"
+# With "num_speculative_tokens_per_batch_size": "auto", the draft's measured k table
+# (serving/adaptive.py) rides the same way, for vllm_compat patch 9 in the scheduler.
+K_TABLE_ATTR = "sparrow_k_table"
+AUTO = "auto"
 
 
 class SparrowConfigError(ValueError):
@@ -38,6 +42,23 @@ def sparrow_config_of(speculative_config) -> SparrowDraftConfig | None:
     overrides, validated once by :func:`translate`), or None for an engine without Sparrow."""
     cfg = getattr(speculative_config, SPARROW_CONFIG_ATTR, None)
     return cfg if isinstance(cfg, SparrowDraftConfig) else None
+
+
+def k_table_of(speculative_config):
+    """The engine's k table (``"num_speculative_tokens_per_batch_size": "auto"``) or None."""
+    return getattr(speculative_config, K_TABLE_ATTR, None)
+
+
+def auto_k_table(cfg: dict, draft_dir):
+    """The draft's tuned k table if the user asked for ``"auto"``, else None."""
+    if cfg.get("num_speculative_tokens_per_batch_size") != AUTO:
+        return None
+    from sparrow_vllm.serving.adaptive import K_TABLE_NAME, KTable, KTableError
+
+    try:
+        return KTable.read(Path(draft_dir) / K_TABLE_NAME)
+    except KTableError as e:
+        raise SparrowConfigError(f"\"num_speculative_tokens_per_batch_size\": \"auto\": {e}") from None
 
 
 def read_draft_config(draft_dir: str | Path) -> dict:
@@ -178,6 +199,12 @@ def translate(user: dict, target_model_config) -> tuple[dict, SparrowDraftConfig
     cfg["model"] = str(draft_dir)
     k = cfg.get("num_speculative_tokens")
     source = ""
+    table = auto_k_table(cfg, draft_dir)
+    if table is not None:
+        # vLLM's own batch-size lookup runs the first row; patch 9 switches rows by context.
+        cfg["num_speculative_tokens_per_batch_size"] = table.schedules[0]
+        if k is None:
+            k, source = table.k_max, f" (the k_max of {draft_dir}'s k table)"
     if k is None:
         methods = draft.get("speculators_config", {}).get("proposal_methods") or [{}]
         k = methods[0].get("speculative_tokens", NUM_SPECULATIVE_TOKENS)

@@ -29,6 +29,13 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
    (``sparrow::text_window_attention``) splits compiled graphs wherever vLLM's attention op
    does, for a Sparrow engine only.
 
+9. ``vllm.v1.core.sched.scheduler.Scheduler._update_after_schedule``: with
+   ``"num_speculative_tokens_per_batch_size": "auto"``, each step's k from the draft's measured
+   k table by batch size and the batch's mean context (``serving/adaptive.py``), logged once
+   per change; engines without a k table keep vLLM's own k.
+10. ``vllm.v1.engine.async_llm.AsyncLLM.__init__``: a Sparrow engine that logs stats exports
+   the k of each step (``sparrow:num_draft_tokens_per_step``, ``serving/metrics.py``) on ``/metrics``.
+
 On a vLLM other than 0.32.0 none of these is installed; :func:`refuse_sparrow` only stops a
 Sparrow config with the version message.
 """
@@ -149,6 +156,12 @@ def patch_engine_args() -> None:
         # The typed config rides on vLLM's SpeculativeConfig (pickled with it into every
         # process), read back by sparrow_config_of; vLLM's own fields are left as vLLM set them.
         setattr(result, spec_config.SPARROW_CONFIG_ATTR, sparrow)
+        table = spec_config.auto_k_table(sc, result.model)
+        if table is not None:
+            setattr(result, spec_config.K_TABLE_ATTR, table)
+            logger.info("Sparrow adaptive k (auto, measured on %s): %s", table.hardware.get("cpu") or
+                        table.hardware.get("gpu") or "?", "; ".join(
+                            f"context ~{c}: {s}" for c, s in zip(table.contexts, table.schedules)))
         logger.info(
             "Sparrow speculative decoding: draft=%s k=%d window=%d anchor_layers=%s "
             "(carried inside vLLM as method='eagle3')",
@@ -206,6 +219,7 @@ def _patch_model_runner(module) -> None:
         if sparrow_config_of(vllm_config.speculative_config) is None:
             result = init(self, vllm_config, *args, **kwargs)
             _time_drafter(self)
+            _time_steps(self)
             return result
         from sparrow_vllm.serving.proposer import SparrowProposer
 
@@ -223,6 +237,7 @@ def _patch_model_runner(module) -> None:
             raise VLLMInternalsChanged("sparrow-vllm: GPUModelRunner did not build its drafter in "
                                        "__init__; this vLLM build is not supported.")
         _time_drafter(self)
+        _time_steps(self)
         return result
 
     __init__._sparrow = True
@@ -255,6 +270,60 @@ def _time_drafter(runner) -> None:
         return out
 
     drafter.propose = timed_propose
+
+
+def _time_steps(runner) -> None:
+    """``SPARROW_PROFILE_STEPS=FILE``: append one JSON line per engine step to FILE: the batch
+    (``reqs``), the tokens scheduled (``tokens``; a decode step of k drafts schedules k + 1 a
+    request), whether any request was prefilling (``prefill``), their mean context before the
+    step (``context``), ``k`` asked of the drafter for the next step and the step's wall time
+    from ``execute_model`` to the end of ``sample_tokens`` (verify + draft). ``sparrow tune``
+    and the adaptive-k benchmark read it. V1 sync scheduling only (vLLM's CPU path)."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("SPARROW_PROFILE_STEPS")
+    if not path:
+        return
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    execute, sample = _require(runner, "execute_model", "GPUModelRunner"), _require(runner, "sample_tokens", "GPUModelRunner")
+    pending: dict = {}
+
+    def write(rec, t0):
+        sync()
+        rec["s"] = time.perf_counter() - t0
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def timed_execute(scheduler_output, *args, **kwargs):
+        sync()
+        t0 = time.perf_counter()
+        n = scheduler_output.num_scheduled_tokens
+        ctx = [runner.requests[r].num_computed_tokens for r in n if r in runner.requests]
+        new = {r.req_id: r.num_computed_tokens for r in scheduler_output.scheduled_new_reqs}
+        ctx += [new[r] for r in n if r not in runner.requests and r in new]
+        rec = {"reqs": len(n), "tokens": scheduler_output.total_num_scheduled_tokens,
+               "prefill": bool(new) or any(v > 1 + len(scheduler_output.scheduled_spec_decode_tokens.get(r, ()))
+                                           for r, v in n.items()),
+               "context": (sum(ctx) / len(ctx)) if ctx else 0.0,
+               "k": getattr(scheduler_output, "num_spec_tokens_to_schedule", None)}
+        out = execute(scheduler_output, *args, **kwargs)
+        if out is None and n:
+            pending["step"] = (rec, t0)
+        elif n:
+            write(rec, t0)
+        return out
+
+    def timed_sample(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        if "step" in pending:
+            write(*pending.pop("step"))
+        return out
+
+    runner.execute_model, runner.sample_tokens = timed_execute, timed_sample
 
 
 class _PostImportHook(importlib.abc.MetaPathFinder):
@@ -408,6 +477,68 @@ def _patch_llava_onevision(module) -> None:
     cls._process_video_pixels = _process_video_pixels
 
 
+# --- 9. adaptive k: the scheduler's k by batch size *and* context ------------------------
+def _patch_scheduler(module) -> None:
+    """``vllm.v1.core.sched.scheduler.Scheduler._update_after_schedule``: for an engine with a
+    Sparrow k table (``"auto"``), sets the step's ``num_spec_tokens_to_schedule`` (vLLM's own
+    batch-size lookup, ``dynamic_sd_lookup``) from the table row of the batch's mean context,
+    before the async scheduler reads it; logs k once per change. Other engines: untouched."""
+    cls = _require(module, "Scheduler", module.__name__)
+    update = _require(cls, "_update_after_schedule", "Scheduler")
+    if getattr(update, "_sparrow", False):
+        return
+
+    @functools.wraps(update)
+    def _update_after_schedule(self, scheduler_output):
+        state = getattr(self, "_sparrow_k", None)
+        if state is None:
+            from sparrow_vllm.serving.config import k_table_of
+
+            table = k_table_of(self.vllm_config.speculative_config)
+            state = self._sparrow_k = {"table": table, "last": None, "lookup": None if table is None else
+                                       table.lookup(self.scheduler_config.max_num_seqs)}
+        n = scheduler_output.num_scheduled_tokens
+        if state["table"] is not None and n and getattr(self, "dynamic_sd_lookup", None) is not None:
+            table = state["table"]
+            context = sum(self.requests[r].num_computed_tokens for r in n) / len(n)
+            row = table.row(context)
+            k = state["lookup"][row][min(len(n), len(state["lookup"][row]) - 1)]
+            scheduler_output.num_spec_tokens_to_schedule = k
+            if (k, row) != state["last"]:
+                logger.info("Sparrow adaptive k: k=%d (batch %d, context ~%d tokens: table row %d)",
+                            k, len(n), context, table.contexts[row])
+                state["last"] = (k, row)
+        return update(self, scheduler_output)
+
+    _update_after_schedule._sparrow = True
+    cls._update_after_schedule = _update_after_schedule
+
+
+# --- 10. the k of each step on /metrics ----------------------------------------------------
+def _patch_async_llm(module) -> None:
+    """``vllm.v1.engine.async_llm.AsyncLLM.__init__`` (``vllm serve``'s engine client): a Sparrow
+    engine that logs stats gets :class:`~sparrow_vllm.serving.metrics.SparrowKLogger` among its
+    ``stat_loggers``. Not vLLM's ``vllm.stat_logger_plugins`` entry point: a plugin there would
+    turn stats on for every engine, ``--disable-log-stats`` or not."""
+    cls = _require(module, "AsyncLLM", module.__name__)
+    init = cls.__init__
+    if getattr(init, "_sparrow", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, vllm_config, executor_class, log_stats, *args, **kwargs):
+        from sparrow_vllm.serving.config import sparrow_config_of
+
+        if log_stats and sparrow_config_of(vllm_config.speculative_config) is not None:
+            from sparrow_vllm.serving.metrics import SparrowKLogger
+
+            kwargs["stat_loggers"] = [*(kwargs.get("stat_loggers") or ()), SparrowKLogger]
+        return init(self, vllm_config, executor_class, log_stats, *args, **kwargs)
+
+    __init__._sparrow = True
+    cls.__init__ = __init__
+
+
 def refuse_sparrow(reason: str) -> None:
     """On an unsupported vLLM: a Sparrow config (JSON or the bare word) stops with ``reason``;
     nothing else changes. Best effort, no :func:`_require`: this vLLM may lack the symbols."""
@@ -441,4 +572,6 @@ def install() -> None:
     patch_media_errors()
     patch_splitting_ops()
     when_imported("vllm.v1.worker.gpu_model_runner", _patch_model_runner)
+    when_imported("vllm.v1.core.sched.scheduler", _patch_scheduler)
+    when_imported("vllm.v1.engine.async_llm", _patch_async_llm)
     when_imported("vllm.model_executor.models.llava_onevision", _patch_llava_onevision)

@@ -1,0 +1,139 @@
+"""Adaptive k against fixed k and no speculation, side by side in one run (offline ``LLM``).
+
+Per video length: one engine without speculation, one per fixed k = 1..k_max, then "auto":
+the k table fitted (``sparrow tune``'s fit, ``serving/adaptive.py``) from the step times and the
+acceptance the fixed-k engines of this run measured, written beside a copy of the draft, and
+run with ``"num_speculative_tokens_per_batch_size": "auto"``. Every engine runs every batch
+size: a batch of B is B requests submitted together, ``--requests`` of them per cell over
+``--videos`` distinct SparrowWorld test videos (prefix-cached), greedy, answers to their end.
+``best_fixed`` is, per point, the fixed k of the highest measured speedup. Every engine step is
+timed inside the engine; a cell records the k its decode steps asked for.
+
+The sweep is resumable engine by engine (``--repeats`` reruns whole engines and keeps every
+repeat): ``results/adaptive_k.json`` holds a flat list of cells.
+
+    python benchmarks/bench_adaptive_k.py --visual-tokens 1024 --batch 1 4 --requests 8 --k-max 3   # minutes
+    python benchmarks/bench_adaptive_k.py                       # 1k and 25k, batch 1-64 (hours on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from common import hardware  # noqa: E402
+from sparrow_vllm.serving.tune import cell_prompts, engine_spec, fit_cells, run_measured, summarize  # noqa: E402
+
+OUT = ROOT / "results" / "adaptive_k.json"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"cells": []}
+
+
+def save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def have(data: dict, vt: int, method: str, k, repeat: int) -> bool:
+    return any(c["visual_tokens"] == vt and c["method"] == method and c.get("k") == k and c["repeat"] == repeat
+               for c in data["cells"])
+
+
+def add_speedups(cells: list[dict]) -> None:
+    """``speedup_vs_none``: decode tokens/s over no speculation's at the same point (the mean
+    of its repeats); ``best_fixed`` rows: per point and repeat, the best fixed k."""
+    cells[:] = [c for c in cells if c["method"] != "best_fixed"]
+    base = {}
+    for c in cells:
+        if c["method"] == "none":
+            base.setdefault((c["visual_tokens"], c["batch"]), []).append(c["decode_tok_s"])
+    for c in cells:
+        b = base.get((c["visual_tokens"], c["batch"]))
+        c["speedup_vs_none"] = c["decode_tok_s"] / statistics.mean(b) if b and c["decode_tok_s"] else None
+    best = {}
+    for c in cells:
+        if c["method"] == "fixed" and c["speedup_vs_none"] is not None:
+            key = (c["visual_tokens"], c["batch"], c["repeat"])
+            if key not in best or c["speedup_vs_none"] > best[key]["speedup_vs_none"]:
+                best[key] = c
+    cells += [dict(c, method="best_fixed") for c in best.values()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--visual-tokens", type=int, nargs="+", default=[1024, 25000])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--k-max", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=16, help="requests per cell (at least the batch)")
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=1, help="engines run this many times each")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+
+    from sparrow_vllm.families import DEFAULT_FAMILY, get_family
+    from sparrow_vllm.serving.adaptive import K_TABLE_NAME
+    from sparrow_vllm.serving.config import default_draft_for
+
+    family = get_family(DEFAULT_FAMILY)
+    target = str(family.build_target())
+    draft = default_draft_for(target)
+    data = load(args.out)
+    data.update(hardware=hardware(), config={**{k: v for k, v in vars(args).items() if k != "out"},
+                                             "target": Path(target).name, "draft": draft.name})
+    methods = [("none", None)] + [("fixed", k) for k in range(1, args.k_max + 1)]
+
+    def run(vt: int, method: str, k, repeat: int, spec: dict) -> None:
+        print(f"... {vt} visual tokens, {method} k={k} (repeat {repeat})", flush=True)
+        out, steps = run_measured(spec)
+        for r in summarize(out, steps, spec):
+            data["cells"].append(dict(r, task="qa", visual_tokens=vt, method=method, k=k, repeat=repeat,
+                                      engine_start_s=out["engine_start_s"]))
+        add_speedups(data["cells"])
+        save(args.out, data)
+
+    def prompts_for(vt):
+        return lambda b: cell_prompts(family, vt, max(b, args.requests), args.videos, "test")
+
+    for repeat in range(args.repeats):
+        for vt in args.visual_tokens:
+            for method, k in methods:
+                if not have(data, vt, method, k, repeat):
+                    run(vt, method, k, repeat, engine_spec(target, k, str(draft), args.batch, prompts_for(vt),
+                                                           max(4096, vt + 1024)))
+    # "auto": the table this run's fixed-k engines measure (all lengths: its context rows)
+    rows = [dict(c, k=None if c["method"] == "none" else c["k"]) for c in data["cells"]
+            if c["method"] in ("none", "fixed") and c["repeat"] == 0 and c["visual_tokens"] in args.visual_tokens]
+    table = fit_cells(rows, args.k_max, hardware())
+    # the draft with this run's table (kept for bench_load.py --draft runs/adaptive_k_draft --auto)
+    auto_draft = ROOT.parent / "runs" / "adaptive_k_draft"
+    shutil.rmtree(auto_draft, ignore_errors=True)
+    auto_draft.mkdir(parents=True)
+    for f in draft.iterdir():
+        (auto_draft / f.name).symlink_to(f.resolve())
+    (auto_draft / K_TABLE_NAME).write_text(json.dumps(table.to_json(), indent=1))
+    data["k_table"] = table.to_json()
+    save(args.out, data)
+    for repeat in range(args.repeats):
+        for vt in args.visual_tokens:
+            if not have(data, vt, "auto", None, repeat):
+                run(vt, "auto", None, repeat, engine_spec(target, None, str(auto_draft), args.batch,
+                                                          prompts_for(vt), max(4096, vt + 1024), k_table=True))
+    print(json.dumps([{k: c.get(k) for k in ("visual_tokens", "batch", "method", "k", "repeat", "speedup_vs_none",
+                                              "tau", "k_steps")} for c in data["cells"]], indent=None)[:4000])
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
