@@ -7,7 +7,9 @@ run with ``"num_speculative_tokens_per_batch_size": "auto"``. Every engine runs 
 size: a batch of B is B requests submitted together, ``--requests`` of them per cell over
 ``--videos`` distinct SparrowWorld test videos (prefix-cached), greedy, answers to their end.
 ``best_fixed`` is, per point, the fixed k of the highest measured speedup. Every engine step is
-timed inside the engine; a cell records the k its decode steps asked for.
+timed inside the engine: ``speedup_vs_none`` is decode tokens/s over the engine's decode steps
+(prefill steps out), ``end_to_end_vs_none`` the same over the waves' wall time (prefill in); a
+cell records the k its decode steps asked for.
 
 The sweep is resumable engine by engine (``--repeats`` reruns whole engines and keeps every
 repeat): ``results/adaptive_k.json`` holds a flat list of cells.
@@ -54,13 +56,14 @@ def add_speedups(cells: list[dict]) -> None:
     """``speedup_vs_none``: decode tokens/s over no speculation's at the same point (the mean
     of its repeats); ``best_fixed`` rows: per point and repeat, the best fixed k."""
     cells[:] = [c for c in cells if c["method"] != "best_fixed"]
-    base = {}
-    for c in cells:
-        if c["method"] == "none":
-            base.setdefault((c["visual_tokens"], c["batch"]), []).append(c["decode_tok_s"])
-    for c in cells:
-        b = base.get((c["visual_tokens"], c["batch"]))
-        c["speedup_vs_none"] = c["decode_tok_s"] / statistics.mean(b) if b and c["decode_tok_s"] else None
+    for key, out in (("decode_tok_s", "speedup_vs_none"), ("end_to_end_tok_s", "end_to_end_vs_none")):
+        base = {}
+        for c in cells:
+            if c["method"] == "none":
+                base.setdefault((c["visual_tokens"], c["batch"]), []).append(c[key])
+        for c in cells:
+            b = base.get((c["visual_tokens"], c["batch"]))
+            c[out] = c[key] / statistics.mean(b) if b and c.get(key) else None
     best = {}
     for c in cells:
         if c["method"] == "fixed" and c["speedup_vs_none"] is not None:

@@ -489,11 +489,36 @@ def _plot_adaptive(cells, points, k_max, path: Path) -> None:
     plt.close(fig)
 
 
+def per_request_stop(arch: str = DEFAULT_ARCH) -> str:
+    """Would stopping one request's drafts after a bad first round pay? From eval-draft's
+    per-sample rounds at k = 5 (results/draft_eval[_ARCH].json, the Sparrow drafts): the drafts
+    such a stop saves against the accepted tokens it loses."""
+    out = ["| visual tokens | requests | rounds a request | accepted a draft token (all) | requests stopped "
+           "| drafts saved | accepted lost | accepted a draft token (stopped requests, later rounds) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for e in json.loads(_results("draft_eval", arch).read_text()):
+        if e["recipe"] != "sparrow" or not e.get("per_sample"):
+            continue
+        rounds = [p["accepted"]["5"] for p in e["per_sample"] if p["accepted"].get("5")]
+        drafted = 5 * sum(len(r) for r in rounds)
+        accepted = sum(sum(r) for r in rounds)
+        stopped = [r for r in rounds if r[0] <= 1]
+        saved = 5 * sum(len(r) - 1 for r in stopped)
+        lost = sum(sum(r[1:]) for r in stopped)
+        out.append(f"| {e['visual_tokens']:,} | {len(rounds)} | {drafted / 5 / len(rounds):.1f} | {accepted / drafted:.2f} "
+                   f"| {len(stopped)} | {saved} of {drafted} | {lost} of {accepted} | "
+                   f"{(lost / saved) if saved else float('nan'):.2f} |")
+    out.append("")
+    out.append("Stop rule: a request whose first round accepted at most 1 of its 5 drafts drafts nothing after it. "
+               "It pays only if the stopped requests' later drafts are accepted less often than the average one.")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
               "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data,
-              "adaptive_k": adaptive_k}
+              "adaptive_k": adaptive_k, "per_request_stop": per_request_stop}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))

@@ -106,19 +106,48 @@ def run_measured(spec: dict, log: Path | None = None) -> tuple[dict, list[dict]]
     return out, steps
 
 
+def step_time_at(steps: list[dict], batch: int) -> tuple[float | None, int]:
+    """Seconds of a decode step of ``batch`` requests, and how many steps the estimate rests
+    on: a least-squares line through the median step time at each batch size seen between
+    ``batch / 2`` and ``2 * batch`` (a batch of short answers is rarely full for long: requests
+    finish and prefills of the next interleave), evaluated at ``batch``."""
+    by = {}
+    for s in steps:
+        if not s["prefill"]:
+            by.setdefault(s["reqs"], []).append(s["s"])
+    near = {r: v for r, v in by.items() if batch / 2 <= r <= 2 * batch}
+    if not near:
+        return None, 0
+    n = sum(len(v) for v in near.values())
+    pts = [(r, statistics.median(v), len(v)) for r, v in near.items()]
+    if len(pts) == 1:
+        return pts[0][1], n
+    w = sum(c for _, _, c in pts)
+    mx = sum(r * c for r, _, c in pts) / w
+    my = sum(t * c for _, t, c in pts) / w
+    slope = sum(c * (r - mx) * (t - my) for r, t, c in pts) / sum(c * (r - mx) ** 2 for r, _, c in pts)
+    return max(1e-6, my + slope * (batch - mx)), n
+
+
 def summarize(out: dict, steps: list[dict], spec: dict) -> list[dict]:
-    """Per batch size: requests, output tokens, decode tokens/s (first to last token of each
-    wave), the median full-batch decode step (``step_s``), its mean context, tau and the
-    per-position acceptance (vLLM's counters)."""
+    """Per batch size: requests, output tokens, decode tokens/s (tokens after each request's
+    first over the engine's decode steps), end-to-end tokens/s (over the waves' wall time), the
+    decode step time at the batch size (``step_s``, :func:`step_time_at` over all the engine's
+    decode steps), the mean context of its full-batch steps, tau and the per-position
+    acceptance (vLLM's counters)."""
     rows, k_steps = {}, {}
     for i, (cell, res) in enumerate(zip(spec["cells"], out["cells"])):
         r = rows.setdefault(cell["batch"], {"batch": cell["batch"], "requests": 0, "output_tokens": 0,
-                                            "decode_s": 0.0, "_tokens": 0, "_steps": [], "_drafts": 0,
-                                            "_acc": 0, "_per_pos": []})
+                                            "decode_s": 0.0, "generate_s": 0.0, "_tokens": 0, "_steps": [],
+                                            "_drafts": 0, "_acc": 0, "_per_pos": []})
         outs = res["outputs"]
         r["requests"] += len(outs)
         r["output_tokens"] += sum(len(o["token_ids"]) for o in outs)
-        r["decode_s"] += max(o["last_token_ts"] for o in outs) - min(o["first_token_ts"] for o in outs)
+        # decode time: the engine's own decode steps (a prefill of the wave's later requests,
+        # longer with speculation, since vLLM's EAGLE path re-prefills a request's last cached
+        # block, is not decode); generate_s: the whole wave as the caller saw it
+        r["decode_s"] += sum(s["s"] for s in steps if s["cell"] == i and not s["prefill"])
+        r["generate_s"] += res["generate_s"]
         r["_tokens"] += sum(len(o["token_ids"]) - 1 for o in outs)
         r["_steps"] += [s for s in steps if s["cell"] == i and not s["prefill"] and s["reqs"] == cell["batch"]]
         hist = k_steps.setdefault(cell["batch"], {})  # decode steps by the k they asked for
@@ -134,9 +163,11 @@ def summarize(out: dict, steps: list[dict], spec: dict) -> list[dict]:
     for r in rows.values():
         st = r.pop("_steps")
         drafts, acc, per, tokens = r.pop("_drafts"), r.pop("_acc"), r.pop("_per_pos"), r.pop("_tokens")
+        step_s, used = step_time_at([s for s in steps if s["cell"] >= 0], r["batch"])
         r.update(decode_tok_s=tokens / r["decode_s"] if r["decode_s"] > 0 else None,
-                 step_s=statistics.median(s["s"] for s in st) if st else None, full_batch_steps=len(st),
-                 context=statistics.mean(s["context"] for s in st) if st else None,
+                 end_to_end_tok_s=r["output_tokens"] / r["generate_s"],
+                 step_s=step_s, step_samples=used, full_batch_steps=len(st),
+                 context=statistics.mean(s["context"] for s in (st or [s for s in steps if s["cell"] >= 0 and not s["prefill"]])),
                  tau=(1 + acc / drafts) if drafts else None,
                  acceptance_per_position=[x / drafts for x in per] if drafts else [],
                  k_steps=k_steps[r["batch"]])

@@ -302,11 +302,13 @@ def _time_steps(runner) -> None:
         sync()
         t0 = time.perf_counter()
         n = scheduler_output.num_scheduled_tokens
-        ctx = [runner.requests[r].num_computed_tokens for r in n if r in runner.requests]
-        new = {r.req_id: r.num_computed_tokens for r in scheduler_output.scheduled_new_reqs}
-        ctx += [new[r] for r in n if r not in runner.requests and r in new]
+        # the scheduler's own counts (tokens computed before this step), as patch 9 sees them
+        cached = scheduler_output.scheduled_cached_reqs
+        done = dict(zip(cached.req_ids, cached.num_computed_tokens))
+        done.update((r.req_id, r.num_computed_tokens) for r in scheduler_output.scheduled_new_reqs)
+        ctx = [done[r] for r in n if r in done]
         rec = {"reqs": len(n), "tokens": scheduler_output.total_num_scheduled_tokens,
-               "prefill": bool(new) or any(v > 1 + len(scheduler_output.scheduled_spec_decode_tokens.get(r, ()))
+               "prefill": bool(scheduler_output.scheduled_new_reqs) or any(v > 1 + len(scheduler_output.scheduled_spec_decode_tokens.get(r, ()))
                                            for r, v in n.items()),
                "context": (sum(ctx) / len(ctx)) if ctx else 0.0,
                "k": getattr(scheduler_output, "num_spec_tokens_to_schedule", None)}
