@@ -418,9 +418,10 @@ def own_data() -> str:
     return "\n".join(out)
 
 
-def adaptive_k(name: str = "adaptive_k") -> str:
+def adaptive_k(name: str = "adaptive_k", metric: str = "speedup_vs_none") -> str:
     """benchmarks/bench_adaptive_k.py: speedup vs no speculation per (visual tokens, batch) for
-    fixed k = 5, the best fixed k and auto (mean and range over repeats); also writes its plot."""
+    fixed k = 5, the best fixed k and auto (mean and range over repeats); also writes its plot.
+    ``metric``: ``speedup_vs_none`` (decode steps) or ``end_to_end_vs_none`` (prefill in)."""
     d = json.loads((RESULTS / f"{name}.json").read_text())
     cells = d["cells"]
     points = sorted({(c["visual_tokens"], c["batch"]) for c in cells})
@@ -428,13 +429,13 @@ def adaptive_k(name: str = "adaptive_k") -> str:
 
     def at(vt, b, method, k=None):
         xs = [c for c in cells if c["visual_tokens"] == vt and c["batch"] == b and c["method"] == method
-              and (k is None or c.get("k") == k) and c.get("speedup_vs_none") is not None]
+              and (k is None or c.get("k") == k) and c.get(metric) is not None]
         return xs
 
     def fmt(xs):
         if not xs:
             return "-"
-        v = [c["speedup_vs_none"] for c in xs]
+        v = [c[metric] for c in xs]
         m = sum(v) / len(v)
         return f"{m:.2f}x" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
 
@@ -454,10 +455,13 @@ def adaptive_k(name: str = "adaptive_k") -> str:
                    f"({'/'.join(map(str, ks))}) | {fmt(auto)} | {steps or '-'} |")
     reps = d["config"].get("repeats", 1)
     out.append("")
-    out.append(f"Speedup: decode tokens/s over no speculation's at the same point, one run, "
+    what = ("decode tokens/s over no speculation's at the same point" if metric == "speedup_vs_none" else
+            "end-to-end tokens/s (prefill included) over no speculation's at the same point")
+    out.append(f"Speedup: {what}, one run, "
                f"{'mean (range) of ' + str(reps) + ' repeats' if reps > 1 else 'one repeat'}; "
                f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
-    _plot_adaptive(cells, points, k_max, RESULTS / f"{name}.png")
+    if metric == "speedup_vs_none":
+        _plot_adaptive(cells, points, k_max, RESULTS / f"{name}.png")
     return "\n".join(out)
 
 
