@@ -1,8 +1,15 @@
 import os
-import sys
-from pathlib import Path
 
-import pytest
+# Before anything imports triton: ``@triton.jit`` reads TRITON_INTERPRET when it decorates, and
+# triton's own library functions (tl.max, tl.sum, ...) are decorated when triton is first
+# imported, by whichever test module imports vLLM or the kernels first. Without a GPU only the
+# interpreter runs the Triton kernel; a GPU run opts out with TRITON_INTERPRET=0.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 # Keep vLLM / inductor caches out of ~ and make engine runs use both cores.
 _cache = Path(os.environ.setdefault("SPARROW_CACHE", str(Path.home() / ".cache" / "sparrow-vllm")))

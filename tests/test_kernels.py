@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 
-# Must happen before anything imports triton's @triton.jit kernels: the interpreter
-# switch is read when the kernel is decorated, i.e. at import time. This machine (and
-# CI) has no GPU, so only the interpreter can run the Triton kernel here. setdefault
-# so a GPU run can opt out with TRITON_INTERPRET=0. conftest.py belongs to the lead,
-# hence it is set here rather than there.
+# conftest.py sets it before any test module imports triton; this keeps the module runnable
+# on its own (python -m pytest tests/test_kernels.py from another rootdir).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import math  # noqa: E402
