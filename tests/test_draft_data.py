@@ -372,3 +372,34 @@ def test_long_task_data_holds_one_turn_after_the_reference_history(target, tmp_p
     _, samples = load_samples(tmp_path / "stream")
     text = tok.decode(samples[1]["ids"])
     assert text.count("<|vision_start|>") == 2  # turn 1 of a stream: two clips
+
+
+def test_simulated_dilution_moves_only_what_sees_the_video_and_leaves_no_trace(target, full_data, tmp_path):
+    """``--simulate-visual-tokens``: rows before the video are untouched (they cannot see it),
+    rows after it move; a plain extraction after it, on the same model object, is the plain one."""
+    from sparrow_vllm.draft.data import dilution_of, load_target
+
+    model, processor = load_target(target)
+    sim = tmp_path / "sim"
+    generate_dataset(target, sim, spec(simulate_visual_tokens=8 * FRAMES * 16), model, processor, progress=False)
+    assert load_manifest(sim)["settings"]["simulate_visual_tokens"] == 8 * FRAMES * 16
+    plain = tmp_path / "plain"
+    generate_dataset(target, plain, spec(), model, processor, progress=False)
+    _, a = _tensors(plain)
+    _, b = _tensors(full_data)
+    assert all(torch.equal(a[k][t], b[k][t]) for k in a for t in a[k])
+    _, s = _tensors(sim)
+    moved = 0
+    for k in a:
+        first_visual = int(torch.nonzero(a[k]["text_index"] == -1)[0])
+        assert torch.equal(s[k]["hidden"][:first_visual], a[k]["hidden"][:first_visual])
+        n = min(len(a[k]["ids"]), len(s[k]["ids"]))
+        after = a[k]["text_index"][:n] >= 0
+        after[:first_visual] = False
+        moved += int((s[k]["hidden"][:n][after] != a[k]["hidden"][:n][after]).any())
+    assert moved == len(a)
+    assert dilution_of(128, 0) == 1.0 and dilution_of(128, 512) == 4.0
+    with pytest.raises(ValueError, match="shorter than the clips"):
+        dilution_of(512, 128)
+    with pytest.raises(ValueError, match="qa task only"):
+        spec(simulate_visual_tokens=4096, task="narrate", num_frames=128)

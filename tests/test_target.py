@@ -264,6 +264,38 @@ def test_eval_target_sizes_its_kv_cache_by_the_run(target_dir):
     assert kv_cache_gib_for(target_dir, 16 * (25_008 + 512)) == 4  # 16 videos of ~25k: capped
 
 
+def test_long_all_turns_labels_every_answer_of_the_conversation(target_dir):
+    """``--long-all-turns``: the whole conversation in one forward, each turn's reference answer
+    (and its ``<|im_end|>``) labelled where it stands, nothing of the user turns."""
+    import random
+
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.target.train_vision import long_task_inputs
+    from sparrow_vllm.world.story import make_long_sample
+
+    family = get_family("qwen2.5-vl")
+    processor = family.load_processor(target_dir)
+    tok = processor.tokenizer
+    multi = 0
+    for seed in range(6):
+        rng = random.Random(seed)
+        state = rng.getstate()
+        inputs = long_task_inputs(family, processor, rng, 7, all_turns=True)
+        rng.setstate(state)
+        task = rng.choice(("narrate", "chat", "stream"))
+        sample = make_long_sample(task, "train", 7, 128 if task == "stream" else rng.choice((64, 128)))
+        labels, ids = inputs["labels"][0], inputs["input_ids"][0]
+        on = (labels != -100).int()
+        runs = torch.nonzero(on.diff(prepend=torch.zeros(1, dtype=on.dtype)) == 1).flatten().tolist()
+        ends = torch.nonzero(on.diff(append=torch.zeros(1, dtype=on.dtype)) == -1).flatten().tolist()
+        said = [tok.decode(labels[a:b + 1]) for a, b in zip(runs, ends)]
+        assert said == [t["answer"] + "<|im_end|>" for t in sample.turns]
+        assert torch.equal(labels[labels != -100], ids[labels != -100])
+        assert tok.decode(ids).count("<|vision_start|>") == sum(t["clip"] is not None for t in sample.turns)
+        multi += len(sample.turns) > 1
+    assert multi >= 2
+
+
 def test_long_task_turns_train_on_their_own_answer_after_the_reference_history(target_dir, tmp_path):
     """A long-task training clip (``--long-share``): the earlier turns' reference answers are in
     the prompt, one video per streamed clip, and only this turn's answer is labelled."""

@@ -88,6 +88,10 @@ def add_parser(subparsers) -> None:
                    help="training data only: teacher-force the target's answer repeated R times (the loops "
                         "long videos drive it into), labels = its own predictions there (default 1: off; "
                         "experimental, see docs/draft-study.md section D)")
+    p.add_argument("--simulate-visual-tokens", type=int, default=0, metavar="N",
+                   help="length augmentation: the target attends as if each video were N visual tokens long "
+                        "(every visual key weighted N / its tokens: the dilution of a longer video, at the clip's "
+                        "cost; sparrow_vllm/draft/STUDY.md). Default 0: off")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
     _add_ray_args(p, "extract with a Ray Data actor pool (one target replica per worker)")
     p.set_defaults(run=run_data)
@@ -131,7 +135,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_data(args) -> int:
-    from sparrow_vllm.draft.data import DataSpec, generate_dataset
+    from sparrow_vllm.draft.data import DataSpec, dilution_of, generate_dataset
     from sparrow_vllm.families import family_of
 
     _check_ray_args(args)
@@ -145,7 +149,9 @@ def run_data(args) -> int:
         spec = DataSpec(split=args.split, n=args.n, num_frames=frames, layers=sorted(args.layers),
                         all_positions=args.all_positions, max_new_tokens=args.max_new_tokens,
                         shard_size=args.shard_size, start=args.start, dtype=args.dtype,
-                        repeat_answers=args.repeat_answers, task=args.task)
+                        repeat_answers=args.repeat_answers, task=args.task,
+                        simulate_visual_tokens=args.simulate_visual_tokens)
+        dilution_of(family_of(args.target).visual_tokens(frames), args.simulate_visual_tokens)
     except ValueError as e:
         raise SystemExit(f"sparrow data: {e}") from None
     if args.ray:

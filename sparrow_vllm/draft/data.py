@@ -30,8 +30,10 @@ renamed first), so an interrupted run resumes where it stopped and redoes a half
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,15 +113,59 @@ def check_draft_compatible(manifest: dict, cfg) -> None:
 @torch.no_grad()
 def extract_sample(model, processor, frames, question: str, layers: list[int], all_positions: bool,
                    max_new_tokens: int, dtype=torch.float16, repeat_answers: int = 1, history=(),
-                   video_turns=(0,)) -> dict[str, torch.Tensor]:
+                   video_turns=(0,), visual_repeats: float = 1.0) -> dict[str, torch.Tensor]:
     """Greedy answer + states of one sample; tensors as in the module docstring (one sample).
     ``repeat_answers`` > 1: the answer repeated and teacher-forced (:func:`_repeat_answer`).
     ``history``, ``video_turns``: earlier turns of a conversation (``frames`` then one video per
-    turn in ``video_turns``), as in ``FamilyAdapter.hf_inputs``."""
+    turn in ``video_turns``), as in ``FamilyAdapter.hf_inputs``. ``visual_repeats`` m > 1: the
+    target attends as if every visual key were there m times (:func:`simulated_dilution`)."""
     family = family_of(model.config)
     inputs = family.hf_inputs(processor, frames, question, history=history,
                               video_turns=video_turns).to(model.device)  # GPU actors of `--ray`
     prompt_len = inputs["input_ids"].shape[1]
+    with simulated_dilution(model, inputs["input_ids"][0], visual_repeats, max_new_tokens):
+        return _extract(model, processor, family, inputs, prompt_len, layers, all_positions, max_new_tokens,
+                        dtype, repeat_answers)
+
+
+@contextlib.contextmanager
+def simulated_dilution(model, prompt_ids: torch.Tensor, m: float, max_new_tokens: int):
+    """Length augmentation of the anchor states at short-clip cost: within the block, the
+    target's LM adds ``log m`` to the attention logit of every visual key, which is exactly
+    attention over ``m`` copies of each visual key/value: the dilution a video ``m`` times
+    longer brings (not its positions, nor its extra content). The target's own training uses
+    the same simulation (``target/train_vision.long_video_attention``). m = 1: unchanged."""
+    if m == 1.0:
+        yield
+        return
+    from sparrow_vllm.target import train_vision as tv
+
+    family = family_of(model.config)
+    text_config = family.text_config(model.config)
+    if text_config._attn_implementation != tv.LONG_VIDEO_ATTENTION:
+        tv.use_long_video_attention(text_config)
+    is_visual = ~family.is_text(model.config, prompt_ids.cpu())
+    bias = torch.cat([is_visual.float() * math.log(m), torch.zeros(max_new_tokens + 1)]).to(prompt_ids.device)
+    tv._visual_key_bias[0] = bias
+    try:
+        yield
+    finally:
+        tv._visual_key_bias[0] = None
+
+
+def dilution_of(visual_tokens: int, simulate_visual_tokens: int) -> float:
+    """The ``m`` that makes a video of ``visual_tokens`` attend like one of
+    ``simulate_visual_tokens`` (0: no simulation, m = 1)."""
+    if not simulate_visual_tokens:
+        return 1.0
+    if simulate_visual_tokens < visual_tokens:
+        raise ValueError(f"simulate_visual_tokens={simulate_visual_tokens} is shorter than the clips' "
+                         f"{visual_tokens} visual tokens: simulate a longer video, or extract that length")
+    return simulate_visual_tokens / visual_tokens
+
+
+def _extract(model, processor, family, inputs, prompt_len, layers, all_positions, max_new_tokens, dtype,
+             repeat_answers):
     tok = processor.tokenizer
     eos = family.eos_token_ids(tok)
     if model.generation_config.eos_token_id is not None:
@@ -221,6 +267,7 @@ class DataSpec:
     dtype: str = "float16"
     repeat_answers: int = 1  # > 1: training rows inside a repetition (module docstring)
     task: str = "qa"  # or a long task of world/story.py: sample i is turn i % turns of its conversation
+    simulate_visual_tokens: int = 0  # > 0: every clip attends as if this long (dilution_of)
 
     def __post_init__(self):
         from sparrow_vllm.world.story import LONG_TASKS
@@ -231,6 +278,10 @@ class DataSpec:
             raise ValueError(f"task {self.task!r}: expected qa or one of {', '.join(LONG_TASKS)}")
         if self.task != "qa" and self.repeat_answers > 1:
             raise ValueError("repeat_answers applies to the qa task only")
+        if self.simulate_visual_tokens < 0:
+            raise ValueError(f"simulate_visual_tokens={self.simulate_visual_tokens}: must be >= 0 (0 = off)")
+        if self.simulate_visual_tokens and self.task != "qa":
+            raise ValueError("simulate_visual_tokens applies to the qa task only")
         if self.task != "qa":
             from sparrow_vllm.world.story import make_long_sample
 
@@ -260,6 +311,8 @@ class DataSpec:
             s["repeat_answers"] = self.repeat_answers
         if self.task != "qa":  # likewise
             s["task"] = self.task
+        if self.simulate_visual_tokens:  # likewise
+            s["simulate_visual_tokens"] = self.simulate_visual_tokens
         return s
 
 
@@ -335,8 +388,9 @@ def write_shard(model, processor, spec: DataSpec, k: int, out_dir, on_sample=Non
     samples, ids = [], []
     for i in indices:
         sid, frames, question, history, video_turns = spec.sample(i)
+        m = dilution_of(family_of(model.config).visual_tokens(spec.num_frames), spec.simulate_visual_tokens)
         rec = extract_sample(model, processor, frames, question, spec.layers, spec.all_positions,
-                             spec.max_new_tokens, DTYPES[spec.dtype], spec.repeat_answers, history, video_turns)
+                             spec.max_new_tokens, DTYPES[spec.dtype], spec.repeat_answers, history, video_turns, m)
         samples.append(rec)
         ids.append(sid)
         if on_sample is not None:

@@ -141,7 +141,7 @@ def load_for_eval(target_dir, draft_dir, data_dir, limit: int | None = None, win
     return model, manifest, samples, target_config
 
 
-def _visual_tokens(manifest: dict, samples: list[dict], family) -> int:
+def visual_tokens_of(manifest: dict, samples: list[dict], family) -> int:
     """Visual tokens of the data's videos: from the SparrowWorld length, or (``sparrow data
     --from``: videos of any length) the mean number of non-text prompt positions."""
     st = manifest["settings"]
@@ -162,7 +162,7 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
     report = {"draft": str(draft_dir), "data": str(data_dir), "recipe": cfg.recipe,
               "anchor_layers": cfg.anchor_layers, "window_size": cfg.window_size,
               "attention": cfg.attention, "samples": len(samples),
-              "visual_tokens": _visual_tokens(manifest, samples, family_of(target_config)),
+              "visual_tokens": visual_tokens_of(manifest, samples, family_of(target_config)),
               "max_new_tokens": manifest["settings"]["max_new_tokens"],
               "results": summarize(per_sample, ks),
               # accepted drafts of every round, per sample and k: where a mean hides one sample

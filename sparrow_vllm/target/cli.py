@@ -75,6 +75,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--long-share", type=float, default=0.0,
                    help="this share of the clips are turns of the long tasks instead (narrate, chat, stream over "
                         "64-128-frame stories, earlier turns teacher-forced; world/story.py)")
+    t.add_argument("--long-all-turns", action="store_true",
+                   help="a long-task clip is its whole conversation with every answer in the loss (one forward "
+                        "trains all 3-6 turns of a chat or stream), not one random turn")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -142,7 +145,8 @@ def run_train(args) -> int:
                        perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
                        snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
                        grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
-                       questions_per_clip=args.questions_per_clip, long_share=args.long_share))
+                       questions_per_clip=args.questions_per_clip, long_share=args.long_share,
+                       long_all_turns=args.long_all_turns))
     return 0
 
 

@@ -79,6 +79,24 @@ def append_answer(inputs, tokenizer, answer: str | None):
     return inputs
 
 
+def label_earlier_answers(inputs, tokenizer, answers) -> int:
+    """Add ``labels`` on the earlier turns' answers of a teacher-forced conversation whose last
+    answer ``append_answer`` labelled: one forward then trains every turn (causal attention: a
+    turn's logits see only what came before it, as at inference). Each answer is looked up, in
+    order, as the token run ``answer_ids`` gives it; one the chat template tokenized otherwise
+    is left unlabelled. Returns how many were labelled."""
+    ids, labels = inputs["input_ids"][0].tolist(), inputs["labels"][0]
+    start, found = 0, 0
+    for answer in answers:
+        run = answer_ids(tokenizer, answer)[0].tolist()
+        at = next((i for i in range(start, len(ids) - len(run) + 1) if ids[i:i + len(run)] == run), None)
+        if at is None:
+            continue
+        labels[at:at + len(run)] = inputs["input_ids"][0, at:at + len(run)]
+        start, found = at + len(run), found + 1
+    return found
+
+
 def answer_ids(tokenizer, answer: str):
     """``[1, n]`` token ids of an answer and its ``<|im_end|>``, tokenized on its own, exactly as
     generation produces it."""

@@ -46,18 +46,24 @@ FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
 LONG_FRAME_CHOICES = (64, 128)
 
 
-def long_task_inputs(adapter, processor, rng: random.Random, index: int):
+def long_task_inputs(adapter, processor, rng: random.Random, index: int, all_turns: bool = False):
     """Inputs of one long-task turn (task, length and turn drawn from ``rng``), the earlier
-    turns teacher-forced with their reference answers, ``labels`` on this turn's answer."""
-    from sparrow_vllm.target.prompt import long_turn
+    turns teacher-forced with their reference answers, ``labels`` on this turn's answer; with
+    ``all_turns`` the whole conversation, ``labels`` on every turn's answer (one forward trains
+    all of a chat's or stream's turns: 3-6 answers for about the cost of the last one)."""
+    from sparrow_vllm.target.prompt import label_earlier_answers, long_turn
     from sparrow_vllm.world.story import LONG_TASKS, make_long_sample
 
     task = rng.choice(LONG_TASKS)
     frames = 128 if task == "stream" else rng.choice(LONG_FRAME_CHOICES)
     sample = make_long_sample(task, "train", index, frames)
-    turn = long_turn(sample, rng.randrange(len(sample.turns)))
-    return adapter.hf_inputs(processor, turn["videos"], turn["question"], turn["answer"], turn["history"],
-                             turn["video_turns"])
+    last = len(sample.turns) - 1
+    turn = long_turn(sample, last if all_turns else rng.randrange(len(sample.turns)))
+    inputs = adapter.hf_inputs(processor, turn["videos"], turn["question"], turn["answer"], turn["history"],
+                               turn["video_turns"])
+    if all_turns:
+        label_earlier_answers(inputs, processor.tokenizer, [a for _, a in turn["history"]])
+    return inputs
 
 
 def _load_parts(path: Path) -> dict[str, torch.Tensor]:
@@ -135,7 +141,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
                  perception_level: str = "token", perception_tower_lr: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
-                 grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0) -> Path:
+                 grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0,
+                long_all_turns: bool = False) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
@@ -159,7 +166,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     one forward (the clip's own and one of each other kind its scene answers, each seeing only
     the video and itself: ``target/packing.py``; 1: the clip's own question only).
     ``long_share``: this share of the clips are turns of the long tasks instead (narrate, chat,
-    stream: ``long_task_inputs``; no perception, grounding or packing on those). Qwen2.5-VL only."""
+    stream: ``long_task_inputs``; no perception, grounding or packing on those). Qwen2.5-VL only.
+    ``long_all_turns``: a long-task clip is its whole conversation, every answer in the loss
+    (else one random turn)."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -207,6 +216,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                "grounding_head": grounding_head, "questions_per_clip": questions_per_clip}
     if long_share:  # older checkpoints lack it: a run without long tasks resumes them
         options["long_share"] = long_share
+    if long_all_turns:
+        options["long_all_turns"] = True
     changed = {k: (v, options[k]) for k, v in (state or {}).get("options", {}).items() if options.get(k) != v}
     if changed:
         raise ValueError(f"{ckpt} was trained with other options: "
@@ -300,7 +311,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             idx = (step * accum + micro + (100_000 if init else 0) + seed * 200_000) % 900_000
             extra, is_long = {}, long_share and rng.random() < long_share
             if is_long:
-                sample, inputs = None, long_task_inputs(adapter, processor, rng, idx)
+                sample, inputs = None, long_task_inputs(adapter, processor, rng, idx, long_all_turns)
             else:
                 sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
                 inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
