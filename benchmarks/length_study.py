@@ -62,8 +62,9 @@ def segments(sample: dict) -> dict[str, torch.Tensor]:
     first_after = int(gap[0]) + 1 if len(gap) else 0  # the first row after the visual block
     rows = torch.arange(len(sample["ids"]))
     rs = int(sample["response_start"])
+    # the last row's states do not exist (the final token is never fed back): zeros in the data
     return {"before_video": rows < first_after, "prompt_after_video": (rows >= first_after) & (rows < rs),
-            "answer": rows >= rs}
+            "answer": (rows >= rs) & (rows < len(rows) - 1)}
 
 
 def drift(a: dict, b: dict, segs: tuple[str, ...], layers: list[int]) -> dict:

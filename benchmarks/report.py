@@ -518,11 +518,47 @@ def per_request_stop(arch: str = DEFAULT_ARCH) -> str:
     return "\n".join(out)
 
 
+def length_study(name: str = "length_study") -> str:
+    """benchmarks/length_study.py: tau of each draft on the same scenes at two lengths, split by
+    whether the target answered alike, and the drift of the anchor states (results/NAME.json)."""
+    d = json.loads((RESULTS / f"{name}.json").read_text())
+    out = ["| draft | visual tokens short -> long | pairs (same answer) | tau all | tau same answer | "
+           "tau other answer |", "|---|---|---|---|---|---|"]
+
+    def cell(t):
+        if not t or not t["short"]:
+            return "-"
+        k = max(t["short"], key=int)
+        return f"{t['short'][k]['tau']:.2f} -> {t['long'][k]['tau']:.2f}"
+
+    for r in d["rows"]:
+        out.append(f"| {r['label']} | {r['short_visual_tokens']:,} -> {r['long_visual_tokens']:,} | "
+                   f"{r['pairs']} ({r['same_answer']}) | {cell(r['tau']['all'])} | {cell(r['tau']['same_answer'])} | "
+                   f"{cell(r['tau']['other_answer'])} |")
+    out += ["", "Drift of the anchor states at the same text rows (cosine similarity / norm ratio, long over short):", "",
+            "| pair of datasets | rows | layer | before the video | prompt after it | answer (same-answer pairs) |",
+            "|---|---|---|---|---|---|"]
+    seen = set()
+    for r in d["rows"]:
+        key = (r["short"], r["long"])
+        if key in seen:  # the drift depends on the data, not on the draft
+            continue
+        seen.add(key)
+        dr = r["drift"]
+        for layer in dr["before_video"]["layers"]:
+            cols = [f"{dr[s]['layers'][layer]['cosine']:.3f} / {dr[s]['layers'][layer]['norm_ratio']:.2f}"
+                    if s in dr else "-" for s in ("before_video", "prompt_after_video", "answer")]
+            rows = "/".join(str(dr[s]["rows"]) for s in ("before_video", "prompt_after_video", "answer") if s in dr)
+            out.append(f"| {Path(r['short']).name} -> {Path(r['long']).name} | {rows} | {layer} | " + " | ".join(cols) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
               "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data,
-              "adaptive_k": adaptive_k, "per_request_stop": per_request_stop}
+              "adaptive_k": adaptive_k, "per_request_stop": per_request_stop,
+              "length_study": length_study}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))
