@@ -124,6 +124,9 @@ def study(target, draft, short_dir, long_dir, ks: list[int]) -> dict:
     return {"draft": str(draft), "short": str(short_dir), "long": str(long_dir),
             "short_visual_tokens": visual_tokens_of(man_s, short, family),
             "long_visual_tokens": visual_tokens_of(man_l, long_, family),
+            # sparrow data --simulate-visual-tokens: the length the target attended as (0: real)
+            "short_simulated": man_s["settings"].get("simulate_visual_tokens", 0),
+            "long_simulated": man_l["settings"].get("simulate_visual_tokens", 0),
             "pairs": len(pairs), "same_answer": len(same),
             "tau": {"all": {"short": tau([a for a, _ in pairs]), "long": tau([b for _, b in pairs])},
                     "same_answer": {"short": tau([a for a, _ in same]), "long": tau([b for _, b in same])},

@@ -522,8 +522,12 @@ def length_study(name: str = "length_study") -> str:
     """benchmarks/length_study.py: tau of each draft on the same scenes at two lengths, split by
     whether the target answered alike, and the drift of the anchor states (results/NAME.json)."""
     d = json.loads((RESULTS / f"{name}.json").read_text())
-    out = ["| draft | visual tokens short -> long | pairs (same answer) | tau all | tau same answer | "
-           "tau other answer |", "|---|---|---|---|---|---|"]
+    out = ["| draft | data short -> long | visual tokens short -> long | pairs (same answer) | tau all | "
+           "tau same answer | tau other answer |", "|---|---|---|---|---|---|---|"]
+
+    def tokens(r, side):
+        sim = r.get(f"{side}_simulated")
+        return f"{r[f'{side}_visual_tokens']:,}" + (f" (attending as {sim:,})" if sim else "")
 
     def cell(t):
         if not t or not t["short"]:
@@ -532,7 +536,8 @@ def length_study(name: str = "length_study") -> str:
         return f"{t['short'][k]['tau']:.2f} -> {t['long'][k]['tau']:.2f}"
 
     for r in d["rows"]:
-        out.append(f"| {r['label']} | {r['short_visual_tokens']:,} -> {r['long_visual_tokens']:,} | "
+        out.append(f"| {r['label']} | {Path(r['short']).name} -> {Path(r['long']).name} | "
+                   f"{tokens(r, 'short')} -> {tokens(r, 'long')} | "
                    f"{r['pairs']} ({r['same_answer']}) | {cell(r['tau']['all'])} | {cell(r['tau']['same_answer'])} | "
                    f"{cell(r['tau']['other_answer'])} |")
     out += ["", "Drift of the anchor states at the same text rows (cosine similarity / norm ratio, long over short):", "",
@@ -550,7 +555,36 @@ def length_study(name: str = "length_study") -> str:
                     if s in dr else "-" for s in ("before_video", "prompt_after_video", "answer")]
             rows = "/".join(str(dr[s]["rows"]) for s in ("before_video", "prompt_after_video", "answer") if s in dr)
             out.append(f"| {Path(r['short']).name} -> {Path(r['long']).name} | {rows} | {layer} | " + " | ".join(cols) + " |")
+    _plot_length_study([r for r in d["rows"] if not r.get("short_simulated") and not r.get("long_simulated")],
+                       RESULTS / f"{name}.png")
+    out += ["", f"![tau by video length](../benchmarks/results/{name}.png)"]
     return "\n".join(out)
+
+
+def _plot_length_study(rows: list[dict], path: Path) -> None:
+    """tau (k max) of each draft against the video length: the 1k point and each longer set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        rs = sorted((r for r in rows if r["label"] == label), key=lambda r: r["long_visual_tokens"])
+        k = max(rs[0]["tau"]["all"]["short"], key=int)
+        xs = [rs[0]["short_visual_tokens"]] + [r["long_visual_tokens"] for r in rs]
+        ys = [rs[0]["tau"]["all"]["short"][k]["tau"]] + [r["tau"]["all"]["long"][k]["tau"] for r in rs]
+        ax.plot(xs, ys, "o-", label=f"{label} (k={k})")
+    ax.set_xscale("log")
+    ax.set_ylim(1, None)
+    ax.set_xlabel("visual tokens per video (same scenes and questions)")
+    ax.set_ylabel("mean accepted length tau")
+    ax.set_title("trained short, served long (sparrow eval-draft, CPU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
