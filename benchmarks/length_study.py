@@ -134,6 +134,12 @@ def study(target, draft, short_dir, long_dir, ks: list[int]) -> dict:
             "drift": mean_drift(drifts)}
 
 
+def command(draft, label, short, long_, ks) -> str:
+    """The command line of a row (the target is the embedded one unless ``--target`` is given)."""
+    return (f"python benchmarks/length_study.py --draft {draft} --label {label} --short {short} --long {long_}"
+            + (f" --k {' '.join(map(str, ks))}" if ks != [5] else ""))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default=None, help="default: the embedded Qwen2.5-VL target")
@@ -149,7 +155,8 @@ def main() -> int:
         from sparrow_vllm.target.build import build_target
 
         args.target = str(build_target())
-    row = {"label": args.label, **study(args.target, args.draft, args.short, args.long, args.k)}
+    row = {"label": args.label, **study(args.target, args.draft, args.short, args.long, args.k),
+           "command": command(args.draft, args.label, args.short, args.long, args.k)}
     data = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     data["hardware"] = hardware()
     data["rows"] = [r for r in data["rows"] if (r["label"], r["short"], r["long"]) != (args.label, row["short"], row["long"])]

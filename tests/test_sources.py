@@ -87,6 +87,8 @@ def test_sparrow_data_from_says_what_is_wrong_in_one_line(tmp_path):
              (["--from", str(tmp_path / "videos")], "give --prompts"),
              (["--from", str(tmp_path / "videos"), "--n", "4"], "do not apply"),
              (["--n", "4"], "give --n and --frames"),
+             (["--from", str(tmp_path / "videos"), "--simulate-visual-tokens", "4096"], "not to --from"),
+             (["--n", "1", "--frames", "64", "--simulate-visual-tokens", "100"], "shorter than the clips"),
              (["--from", str(tmp_path / "videos"), "--prompts", str(tmp_path / "none.txt"), "--layers", "9"],
               "layer ids in")]
     for args, message in cases:

@@ -141,6 +141,9 @@ def run_data(args) -> int:
     _check_ray_args(args)
     _threads(args.threads)
     if args.source is not None:
+        if args.simulate_visual_tokens:
+            raise SystemExit("sparrow data: --simulate-visual-tokens applies to SparrowWorld data (--n with "
+                             "--frames or --visual-tokens), not to --from, which the serving engine answers")
         return _run_data_from(args)
     if args.n is None or not (args.frames or args.visual_tokens):
         raise SystemExit("sparrow data: give --n and --frames or --visual-tokens (SparrowWorld), or --from")
