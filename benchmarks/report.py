@@ -543,7 +543,7 @@ def length_study(name: str = "length_study") -> str:
     out += ["", "Drift of the anchor states at the same text rows (cosine similarity / norm ratio, long over short):", "",
             "| pair of datasets | rows | layer | before the video | prompt after it | answer (same-answer pairs) |",
             "|---|---|---|---|---|---|"]
-    seen = set()
+    seen, segments = set(), ("before_video", "prompt_after_video", "answer")  # length_study.SEGMENTS
     for r in d["rows"]:
         key = (r["short"], r["long"])
         if key in seen:  # the drift depends on the data, not on the draft
@@ -552,8 +552,8 @@ def length_study(name: str = "length_study") -> str:
         dr = r["drift"]
         for layer in dr["before_video"]["layers"]:
             cols = [f"{dr[s]['layers'][layer]['cosine']:.3f} / {dr[s]['layers'][layer]['norm_ratio']:.2f}"
-                    if s in dr else "-" for s in ("before_video", "prompt_after_video", "answer")]
-            rows = "/".join(str(dr[s]["rows"]) for s in ("before_video", "prompt_after_video", "answer") if s in dr)
+                    if s in dr else "-" for s in segments]
+            rows = "/".join(str(dr[s]["rows"]) for s in segments if s in dr)
             out.append(f"| {Path(r['short']).name} -> {Path(r['long']).name} | {rows} | {layer} | " + " | ".join(cols) + " |")
     _plot_length_study([r for r in d["rows"] if not r.get("short_simulated") and not r.get("long_simulated")],
                        RESULTS / f"{name}.png")

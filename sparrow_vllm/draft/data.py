@@ -386,9 +386,9 @@ def write_shard(model, processor, spec: DataSpec, k: int, out_dir, on_sample=Non
     out_dir = Path(out_dir)
     indices = range(spec.start + k * spec.shard_size, spec.start + min(spec.n, (k + 1) * spec.shard_size))
     samples, ids = [], []
+    m = dilution_of(family_of(model.config).visual_tokens(spec.num_frames), spec.simulate_visual_tokens)
     for i in indices:
         sid, frames, question, history, video_turns = spec.sample(i)
-        m = dilution_of(family_of(model.config).visual_tokens(spec.num_frames), spec.simulate_visual_tokens)
         rec = extract_sample(model, processor, frames, question, spec.layers, spec.all_positions,
                              spec.max_new_tokens, DTYPES[spec.dtype], spec.repeat_answers, history, video_turns, m)
         samples.append(rec)
