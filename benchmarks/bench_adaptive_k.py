@@ -9,7 +9,9 @@ size: a batch of B is B requests submitted together, ``--requests`` of them per 
 ``best_fixed`` is, per point, the fixed k of the highest measured speedup. Every engine step is
 timed inside the engine: ``speedup_vs_none`` is decode tokens/s over the engine's decode steps
 (prefill steps out), ``end_to_end_vs_none`` the same over the waves' wall time (prefill in); a
-cell records the k its decode steps asked for.
+cell records the k its decode steps asked for. ``fixed_block_drop`` (``--block-drop-k``) is
+fixed k with ``"disable_eagle_block_drop": false``: vLLM's EAGLE default, which re-prefills each
+request's last cached KV block, against Sparrow's default of reusing it.
 
 The sweep is resumable engine by engine (``--repeats`` reruns whole engines and keeps every
 repeat): ``results/adaptive_k.json`` holds a flat list of cells.
@@ -81,6 +83,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=16, help="requests per cell (at least the batch)")
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=1, help="engines run this many times each")
+    ap.add_argument("--block-drop-k", type=int, default=4,
+                    help="also run fixed k with vLLM's EAGLE block drop (0: not)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
@@ -95,6 +99,8 @@ def main() -> int:
     data.update(hardware=hardware(), config={**{k: v for k, v in vars(args).items() if k != "out"},
                                              "target": Path(target).name, "draft": draft.name})
     methods = [("none", None)] + [("fixed", k) for k in range(1, args.k_max + 1)]
+    if args.block_drop_k:
+        methods.append(("fixed_block_drop", args.block_drop_k))
 
     def run(vt: int, method: str, k, repeat: int, spec: dict) -> None:
         print(f"... {vt} visual tokens, {method} k={k} (repeat {repeat})", flush=True)
@@ -112,8 +118,9 @@ def main() -> int:
         for vt in args.visual_tokens:
             for method, k in methods:
                 if not have(data, vt, method, k, repeat):
+                    extra = {"disable_eagle_block_drop": False} if method == "fixed_block_drop" else None
                     run(vt, method, k, repeat, engine_spec(target, k, str(draft), args.batch, prompts_for(vt),
-                                                           max(4096, vt + 1024)))
+                                                           max(4096, vt + 1024), speculative=extra))
     # "auto": the table this run's fixed-k engines measure (all lengths: its context rows)
     rows = [dict(c, k=None if c["method"] == "none" else c["k"]) for c in data["cells"]
             if c["method"] in ("none", "fixed") and c["repeat"] == 0 and c["visual_tokens"] in args.visual_tokens]

@@ -493,6 +493,30 @@ def _plot_adaptive(cells, points, k_max, path: Path) -> None:
     plt.close(fig)
 
 
+def block_drop(name: str = "adaptive_k") -> str:
+    """bench_adaptive_k.py's ``fixed_block_drop`` engine against fixed k of the same k: a Sparrow
+    engine reusing each request's last cached KV block (its default) or re-prefilling it
+    (vLLM's EAGLE default), end to end and over the decode steps, with tau."""
+    d = json.loads((RESULTS / f"{name}.json").read_text())
+    cells = d["cells"]
+    drops = [c for c in cells if c["method"] == "fixed_block_drop"]
+    out = ["| visual tokens | batch | requests | k | end to end: reused / re-prefilled | "
+           "decode: reused / re-prefilled | tau: reused / re-prefilled |", "|---|---|---|---|---|---|---|"]
+    for c in sorted(drops, key=lambda c: (c["visual_tokens"], c["batch"], c["repeat"])):
+        same = [x for x in cells if x["method"] == "fixed" and x["k"] == c["k"] and x["repeat"] == c["repeat"]
+                and x["visual_tokens"] == c["visual_tokens"] and x["batch"] == c["batch"]]
+        if not same:
+            continue
+        r = same[0]
+        out.append(f"| {c['visual_tokens']:,} | {c['batch']} | {c['requests']} | {c['k']} | "
+                   f"{r['end_to_end_vs_none']:.2f}x / {c['end_to_end_vs_none']:.2f}x | "
+                   f"{r['speedup_vs_none']:.2f}x / {c['speedup_vs_none']:.2f}x | {r['tau']:.2f} / {c['tau']:.2f} |")
+    out.append("")
+    out.append("Speedup over no speculation at the same point, one run; "
+               f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
+    return "\n".join(out)
+
+
 def per_request_stop(arch: str = DEFAULT_ARCH) -> str:
     """Would stopping one request's drafts after a bad first round pay? From eval-draft's
     per-sample rounds at k = 5 (results/draft_eval[_ARCH].json, the Sparrow drafts): the drafts
@@ -591,7 +615,7 @@ if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
               "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data,
-              "adaptive_k": adaptive_k, "per_request_stop": per_request_stop,
+              "adaptive_k": adaptive_k, "per_request_stop": per_request_stop, "block_drop": block_drop,
               "length_study": length_study}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")

@@ -35,7 +35,8 @@ def test_translate_to_eagle3_with_draft_defaults(tmp_path, target):
     t, tmc = target
     d = _draft(tmp_path, t)
     cfg, sparrow = translate({"method": "sparrow", "model": str(d)}, tmc)
-    assert cfg == {"method": "eagle3", "model": str(d), "num_speculative_tokens": 3}
+    assert cfg == {"method": "eagle3", "model": str(d), "num_speculative_tokens": 3,
+                   "disable_eagle_block_drop": True}
     # the engine's typed config is the draft's own, with the engine's k
     assert sparrow == SparrowDraftConfig.from_dir(d).replace(num_speculative_tokens=3)
 
@@ -51,6 +52,17 @@ def test_a_family_without_an_adapter_is_refused_naming_the_supported_ones(tmp_pa
     assert str(archs[0] if archs else "none") in msg
     assert "Qwen2_5_VLForConditionalGeneration" in msg and "LlavaOnevisionForConditionalGeneration" in msg
     assert "sparrow_vllm/families/" in msg
+
+
+def test_cached_block_reuse_is_the_default_and_can_be_turned_off(tmp_path, target):
+    """A Sparrow engine reuses a request's last cached KV block (vLLM's EAGLE path re-prefills
+    it); ``"disable_eagle_block_drop": false`` gives vLLM's behaviour back."""
+    t, tmc = target
+    d = _draft(tmp_path, t)
+    cfg, _ = translate({"method": "sparrow", "model": str(d), "disable_eagle_block_drop": False}, tmc)
+    assert cfg["disable_eagle_block_drop"] is False
+    with pytest.raises(SparrowConfigError, match="disable_eagle_block_drop must be true or false, got 'no'"):
+        translate({"method": "sparrow", "model": str(d), "disable_eagle_block_drop": "no"}, tmc)
 
 
 def test_window_override_is_validated(tmp_path, target):

@@ -57,3 +57,35 @@ def test_eagle3_is_lossless(llava_target_dir, llava_eagle3_draft, reference):
     got = _run(llava_target_dir, "eagle3", llava_eagle3_draft)
     _assert_identical(reference, got)
     assert got["spec"]["num_drafts"] > 0
+
+
+def test_sparrow_serves_long_video_files_without_extra_flags(llava_target_dir, llava_draft, tmp_path):
+    """A video file through vLLM's own loader (``LLM.chat``, as ``vllm serve``): vLLM 0.32
+    keeps 32 of its frames and sizes the encoder cache below a 300-frame video; a Sparrow
+    engine keeps every frame and holds it, with no flag (``FamilyAdapter.serving_defaults``).
+    An engine without Sparrow keeps vLLM's behaviour."""
+    import base64
+
+    from transformers import AutoConfig
+
+    from sparrow_vllm.harness.own_videos import own_video
+    from sparrow_vllm.harness.server import write_mp4
+
+    frames = 300  # 16 tokens a frame here: 4,801 visual tokens, over the 4,096 vLLM budgets offline
+    mp4 = write_mp4(own_video("texture", 0, frames), tmp_path / "long.mp4", fps=24)
+    url = "data:video/mp4;base64," + base64.b64encode(mp4.read_bytes()).decode()
+    chat = [{"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                                         {"type": "text", "text": "What is in the video?"}]}]}]
+    engine = {"max_model_len": 8192, "max_num_seqs": 1, "max_num_batched_tokens": None}
+    video_id = AutoConfig.from_pretrained(llava_target_dir).video_token_id
+
+    def visual_tokens(run):
+        return run["outputs"][0]["prompt_token_ids"].count(video_id)
+
+    plain = run_engine_subprocess({"target": str(llava_target_dir), "prompts": chat,
+                                   "sampling": {"max_tokens": 8}, "engine": engine})
+    assert visual_tokens(plain) == 32 * 16 + 1
+    got = run_engine_subprocess({"target": str(llava_target_dir), "prompts": chat, "sampling": {"max_tokens": 8},
+                                 "engine": engine, "speculative_config": {"method": "sparrow", "model": str(llava_draft)}})
+    assert visual_tokens(got) == frames * 16 + 1
+    assert got["outputs"][0]["token_ids"]

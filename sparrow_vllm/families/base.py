@@ -83,6 +83,13 @@ class FamilyAdapter:
         """The text the chat template puts where the video goes (for text-only prompts)."""
         raise NotImplementedError
 
+    # ---- serving defaults -------------------------------------------------------------
+    def serving_defaults(self, hf_config, max_model_len: int) -> tuple[dict, int | None]:
+        """What a Sparrow engine of this family gets where vLLM 0.32's defaults would not serve
+        a long video and the user set nothing: (``--media-io-kwargs`` video keys, a floor for
+        ``--max-num-batched-tokens``, from which vLLM sizes its encoder cache; None: none)."""
+        return {}, None
+
     # ---- videos -------------------------------------------------------------------------
     def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
         """LM tokens the target makes of a ``[num_frames, height, width]`` video."""

@@ -16,6 +16,10 @@ import torch
 from sparrow_vllm.families.base import FamilyAdapter
 
 
+# Context tokens a served video leaves to the text (system prompt, question, answer, turns).
+TEXT_RESERVE = 1024
+
+
 class LlavaOneVisionAdapter(FamilyAdapter):
     name = "llava-onevision"
     architectures = ("LlavaOnevisionForConditionalGeneration",)
@@ -54,6 +58,19 @@ class LlavaOneVisionAdapter(FamilyAdapter):
         from sparrow_vllm.target.llava_onevision import VIDEO_PLACEHOLDER
 
         return VIDEO_PLACEHOLDER  # "<video>\n"
+
+    # ---- serving defaults -------------------------------------------------------------
+    def serving_defaults(self, hf_config, max_model_len: int) -> tuple[dict, int | None]:
+        """vLLM 0.32 keeps 32 frames of a LLaVA-OV video file (a ~6k-token video at 7B size)
+        and profiles its encoder cache with 16, so longer videos are cut or refused (400).
+        Here: every frame up to what the context holds (text keeps ``TEXT_RESERVE`` tokens),
+        and an encoder cache for a video that long."""
+        v = hf_config.vision_config
+        stride = getattr(hf_config, "spatial_pool_stride", 2)  # vLLM pools each frame's patch grid
+        side = -(-(v.image_size // v.patch_size) // stride)
+        per_frame = side * side
+        frames = max(1, (max_model_len - TEXT_RESERVE - 1) // per_frame)
+        return {"num_frames": frames}, frames * per_frame + 1
 
     # ---- videos -------------------------------------------------------------------------
     def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:

@@ -20,7 +20,8 @@ SPARROW_KEYS = ("window_size", "anchor_layers")
 # vLLM 0.32 ``SpeculativeConfig`` fields that apply to a Sparrow draft. Anything else (a typo,
 # another method's option such as ``prompt_lookup_max``) is refused, not silently ignored.
 VLLM_KEYS = ("method", "model", "num_speculative_tokens", "num_speculative_tokens_per_batch_size",
-             "draft_tensor_parallel_size", "revision", "code_revision", "enforce_eager")
+             "draft_tensor_parallel_size", "revision", "code_revision", "enforce_eager",
+             "disable_eagle_block_drop")
 ALLOWED_KEYS = VLLM_KEYS + SPARROW_KEYS
 DRAFT_LINK_NAMES = ("sparrow_draft",)  # <target>/sparrow_draft/ holds a target's default draft
 MAX_SPECULATIVE_TOKENS = 16
@@ -214,6 +215,14 @@ def translate(user: dict, target_model_config) -> tuple[dict, SparrowDraftConfig
             f"num_speculative_tokens must be an integer in 1..{MAX_SPECULATIVE_TOKENS}, got {k!r}{source}."
         )
     cfg["num_speculative_tokens"] = k
+    # vLLM's EAGLE path re-prefills the last cached KV block of every request (an EAGLE draft's
+    # KV at a position depends on the token after it, which a new request may change). For
+    # Sparrow that block is mostly video, where the draft writes no KV: reusing it costs at
+    # most one stale draft entry, where re-prefilling it costs a block of target prefill for
+    # every new question about a cached video (docs/results.md, "Adaptive k"). False: vLLM's.
+    drop = cfg.setdefault("disable_eagle_block_drop", True)
+    if not isinstance(drop, bool):
+        raise SparrowConfigError(f"disable_eagle_block_drop must be true or false, got {drop!r}.")
     num_layers = _text_config(target_model_config.hf_config).num_hidden_layers
     validate_overrides(overrides, draft["sparrow"], draft_dir, num_layers)
     try:

@@ -58,9 +58,10 @@ def cell_prompts(family, visual_tokens: int, requests: int, videos: int, split: 
 
 
 def engine_spec(target: str, k: int | None, draft: str | None, batches, prompts_for, max_model_len: int,
-                k_table: bool = False) -> dict:
+                k_table: bool = False, speculative: dict | None = None) -> dict:
     """One engine: a warm-up that prefills every video, then per batch size B its prompts in
-    waves of B. ``k``: None (no speculation) or a fixed k (``k_table``: "auto" instead)."""
+    waves of B. ``k``: None (no speculation) or a fixed k (``k_table``: "auto" instead);
+    ``speculative``: more keys of the Sparrow config."""
     cells = []
     for b in batches:
         prompts = prompts_for(b)
@@ -80,7 +81,7 @@ def engine_spec(target: str, k: int | None, draft: str | None, batches, prompts_
         if k_table:
             sc = {key: v for key, v in sc.items() if key != "num_speculative_tokens"}
             sc["num_speculative_tokens_per_batch_size"] = "auto"
-        spec["speculative_config"] = sc
+        spec["speculative_config"] = {**sc, **(speculative or {})}
     return spec
 
 
@@ -143,9 +144,8 @@ def summarize(out: dict, steps: list[dict], spec: dict) -> list[dict]:
         outs = res["outputs"]
         r["requests"] += len(outs)
         r["output_tokens"] += sum(len(o["token_ids"]) for o in outs)
-        # decode time: the engine's own decode steps (a prefill of the wave's later requests,
-        # longer with speculation, since vLLM's EAGLE path re-prefills a request's last cached
-        # block, is not decode); generate_s: the whole wave as the caller saw it
+        # decode time: the engine's own decode steps (a prefill of the wave's later requests
+        # is not decode); generate_s: the whole wave as the caller saw it
         r["decode_s"] += sum(s["s"] for s in steps if s["cell"] == i and not s["prefill"])
         r["generate_s"] += res["generate_s"]
         r["_tokens"] += sum(len(o["token_ids"]) - 1 for o in outs)

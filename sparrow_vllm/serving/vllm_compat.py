@@ -150,6 +150,7 @@ def patch_engine_args() -> None:
                 "(or set it to 0).")
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         self.speculative_config, sparrow = spec_config.translate(sc, target_model_config)
+        _serving_defaults(self, target_model_config)
         result = create(self, target_model_config, target_parallel_config)
         if not isinstance(getattr(result.draft_model_config.hf_config, "sparrow", None), dict):
             raise VLLMInternalsChanged("sparrow-vllm: the Sparrow draft config lost its 'sparrow' section")
@@ -177,6 +178,29 @@ def patch_engine_args() -> None:
         return
 
     EngineArgs.add_cli_args = staticmethod(_with_bare_word(add_cli_args))
+
+
+def _serving_defaults(args, model_config) -> None:
+    """The family's defaults for serving long videos (``FamilyAdapter.serving_defaults``), each
+    where the user set nothing. ``MultiModalConfig.media_io_kwargs`` is read per request by the
+    frontend's renderer; ``args.max_num_batched_tokens`` is still unresolved here (vLLM fills its
+    default and builds ``SchedulerConfig``, whose encoder cache follows it, after this hook)."""
+    from sparrow_vllm.families import family_of
+
+    mm = getattr(model_config, "multimodal_config", None)
+    if mm is None:
+        return
+    video_io, batched = family_of(model_config.hf_config).serving_defaults(
+        model_config.hf_config, model_config.max_model_len)
+    video = _require(mm, "media_io_kwargs", "MultiModalConfig").setdefault("video", {})
+    if video_io and not ({"num_frames", "fps"} & set(video)):
+        video.update(video_io)
+        logger.info("Sparrow: videos keep up to %s (--media-io-kwargs '{\"video\": {...}}' to change)",
+                    ", ".join(f"{k}={v}" for k, v in video_io.items()))
+    if batched and _require(args, "max_num_batched_tokens", "EngineArgs") is None:
+        batched = args.max_num_batched_tokens = max(batched, 8192)  # never under vLLM's own defaults
+        logger.info("Sparrow: --max-num-batched-tokens %d, so vLLM's encoder cache holds a video "
+                    "that fills the context (set it to change)", batched)
 
 
 def _with_bare_word(add_cli_args, spec_method: bool = True):
