@@ -246,16 +246,17 @@ def serve(arch: str = DEFAULT_ARCH) -> str:
     return "\n".join(out)
 
 
-def reliability() -> str:
+def reliability(name: str = "reliability") -> str:
     """benchmarks/bench_load.py: concurrent streams with client aborts against vllm serve."""
-    d = json.loads((RESULTS / "reliability.json").read_text())
+    d = json.loads((RESULTS / f"{name}.json").read_text())
     f, c = d["figures"], d["config"]
     return (f"| requests | in flight | served | aborted by the client | errors | mismatches vs no speculation | "
             f"left in the engine | load time |\n|---|---|---|---|---|---|---|---|\n"
             f"| {f['requests']} | {c['concurrency']} | {f['served']} | {f['aborted']} | {f['errors']} | "
             f"{f['mismatches']} | {int(f['requests_left_in_engine'])} | {f['load_s']:.0f} s |\n\n"
             f"Videos of {c['visual_tokens_range'][0]:,}-{c['visual_tokens_range'][1]:,} visual tokens, "
-            f"k={c['k']}, max_tokens {c['max_tokens']}, server alive afterwards: {f['server_alive_after_load']}.")
+            f"k={'auto' if c.get('auto') else c['k']}, max_tokens {c['max_tokens']}, max_num_seqs "
+            f"{c['max_num_seqs']}, server alive afterwards: {f['server_alive_after_load']}.")
 
 
 def compiled(name: str = "compiled_vs_eager") -> str:

@@ -8,7 +8,10 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
 2. ``vllm.engine.arg_utils.EngineArgs.create_speculative_config``: translates
    ``{"method": "sparrow", ...}`` into vLLM's EAGLE-3 path (see ``serving.config``) and sets
    the engine's typed Sparrow config on the resulting ``SpeculativeConfig``
-   (``sparrow_config``, read by ``serving.config.sparrow_config_of``); vLLM's own fields are untouched.
+   (``sparrow_config``, read by ``serving.config.sparrow_config_of``); vLLM's own fields are untouched,
+   but for the family's serving defaults where the user set nothing
+   (``FamilyAdapter.serving_defaults``: ``MultiModalConfig.media_io_kwargs["video"]``, read per
+   request by the frontend, and ``EngineArgs.max_num_batched_tokens``, still unresolved here).
 3. ``vllm.engine.arg_utils.EngineArgs.add_cli_args``: lets ``--speculative-config sparrow``
    (a bare word, not JSON) and ``--spec-method sparrow`` parse.
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
