@@ -513,7 +513,8 @@ def block_drop(name: str = "adaptive_k") -> str:
                    f"{r['end_to_end_vs_none']:.2f}x / {c['end_to_end_vs_none']:.2f}x | "
                    f"{r['speedup_vs_none']:.2f}x / {c['speedup_vs_none']:.2f}x | {r['tau']:.2f} / {c['tau']:.2f} |")
     out.append("")
-    out.append("Speedup over no speculation at the same point, one run; "
+    out.append("Speedup over no speculation at the same point (the mean of its repeats), the repeats "
+               "that ran both engines, one run; "
                f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
     return "\n".join(out)
 
