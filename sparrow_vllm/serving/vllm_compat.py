@@ -168,8 +168,10 @@ def patch_engine_args() -> None:
                             f"context ~{c}: {s}" for c, s in zip(table.contexts, table.schedules)))
         logger.info(
             "Sparrow speculative decoding: draft=%s k=%d window=%d anchor_layers=%s "
-            "(carried inside vLLM as method='eagle3')",
+            "(carried inside vLLM as method='eagle3'%s)",
             result.model, result.num_speculative_tokens, sparrow.window_size, sparrow.anchor_layers,
+            "; a request reuses its last cached KV block, so vLLM's warning about EAGLE block dropping "
+            "is expected" if getattr(result, "disable_eagle_block_drop", False) else "",
         )
         return result
 
