@@ -25,23 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from common import hardware  # noqa: E402
+from common import hardware, portable_path  # noqa: E402
 from sparrow_vllm.harness.server import (Server, chat_body, finished_in_engine, load_figures, metric_value,  # noqa: E402
                                       run_streams, spec_decode_stats, stream_chat, write_mp4)
 
 QUESTIONS = ["Describe the video.", "How many objects appear in the video?"]
 FPS = 2  # vLLM samples served videos at 2 fps: every frame is used, 8 visual tokens each
-
-
-def _portable(path) -> str | None:
-    """A path as the results may say it: inside the repository relative to it, under home as ~."""
-    if path is None:
-        return None
-    p = Path(str(path)).resolve()
-    for base, label in ((ROOT.parent, ""), (Path.home(), "~/")):
-        if p.is_relative_to(base):
-            return label + str(p.relative_to(base))
-    return str(path)
 
 
 def make_prompts(media: Path, model: str, args) -> list[dict]:
@@ -153,7 +142,7 @@ def main() -> int:
     out = {
         "what": "concurrent streamed video chats against vllm serve with sparrow, client aborts, "
                 "each completed answer compared with greedy no-speculation",
-        "config": {**vars(args), "target": _portable(target), "draft": _portable(draft), "distinct_prompts": len(prompts),
+        "config": {**vars(args), "target": portable_path(target), "draft": portable_path(draft), "distinct_prompts": len(prompts),
                    "video_fps": FPS, "visual_tokens_range": [8 * args.min_frames, 8 * args.max_frames]},
         "hardware": hardware() | {"platform": platform.platform(), "python": platform.python_version()},
         "figures": figures,

