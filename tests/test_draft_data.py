@@ -165,6 +165,8 @@ def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recip
     # the cap the answers were generated under: how reports tell runaway answers apart
     assert rep["max_new_tokens"] == manifest["settings"]["max_new_tokens"]
     assert all(s["to_generate"] <= rep["max_new_tokens"] - 1 for s in rep["per_sample"])
+    # text rows before each answer: the prompt's text, never its visual rows
+    assert all(0 < r["text_before"] < s["response_start"] for r, s in zip(rep["per_sample"], samples))
     # a draft/data mismatch is refused with the fix in the message
     if recipe == "eagle3":
         text_only = tmp_path / "text"
@@ -403,3 +405,28 @@ def test_simulated_dilution_moves_only_what_sees_the_video_and_leaves_no_trace(t
         dilution_of(512, 128)
     with pytest.raises(ValueError, match="qa task only"):
         spec(simulate_visual_tokens=4096, task="narrate", num_frames=128)
+
+
+def test_study_counts_the_answer_tokens_the_window_cuts():
+    """A study row says how much of the answers lies past W: the tokens at a text index >= W."""
+    from sparrow_vllm.draft.study import markdown, tau_by_text_place, text_past_window
+
+    per = [{"text_before": 4, "to_generate": 10}, {"text_before": 20, "to_generate": 5}]
+    rep = {"attention": "text_window", "window_size": 8, "per_sample": per}
+    got = text_past_window(rep)
+    assert got["text_before_mean"] == 12 and got["text_past_window"] == (6 + 5) / 15
+    assert text_past_window(rep | {"window_size": 64})["text_past_window"] == 0
+    assert "text_past_window" not in text_past_window(rep | {"attention": "full"})  # EAGLE-3: no window
+    assert text_past_window({"attention": "text_window", "window_size": 8, "per_sample": [{"to_generate": 3}]}) == {}
+    row = {"data": "d", "visual_tokens": 1024, "draft": "x", "recipe": "sparrow", "anchor_layers": [15],
+           "train_window": 8, "eval_window": 8, "samples": 2, "rounds": {"5": 3}, "tau": {"5": 2.0},
+           "tau_oracle": {"5": 3.0}, **got}
+    assert "answer past W" in markdown([row]) and "| 12 | 73% |" in markdown([row])
+    # tau split by where the answer lies: inside the first 8 text tokens, or past them
+    per = [{"text_before": 2, "to_generate": 6, "accepted": {"1": [1, 0, 1]}},
+           {"text_before": 5, "to_generate": 9, "accepted": {"1": [0, 0]}},  # across the line: neither
+           {"text_before": 9, "to_generate": 2, "accepted": {"1": [0]}}]
+    split = tau_by_text_place({"results": {"1": {}}, "per_sample": per}, at=8)["tau_by_text_place"]
+    assert split["inside"] == {"tau": 1 + 2 / 3, "rounds": 3} and split["past"] == {"tau": 1.0, "rounds": 1}
+    old = {k: v for k, v in row.items() if not k.startswith("text_")}
+    assert "answer past W" not in markdown([old])  # studies without long text keep their table

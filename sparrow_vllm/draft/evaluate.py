@@ -166,7 +166,10 @@ def run_eval(target_dir, draft_dir, data_dir, ks: list[int], limit: int | None =
               "max_new_tokens": manifest["settings"]["max_new_tokens"],
               "results": summarize(per_sample, ks),
               # accepted drafts of every round, per sample and k: where a mean hides one sample
+              # text_before: text rows before the answer (chat history included), so a study can
+              # tell how much of an answer the window W cuts
               "per_sample": [{"id": s.get("id"), "to_generate": r["to_generate"],
+                              "text_before": int((s["text_index"][: int(s["response_start"])] >= 0).sum()),
                               "accepted": {str(k): r[k] for k in ks}} for s, r in zip(samples, per_sample)]}
     if out:
         with open(out, "w") as f:
