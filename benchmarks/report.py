@@ -185,6 +185,13 @@ def _plot_study(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("visual tokens per video")
     ax.set_ylabel(f"mean accepted length tau (k={k})")
     ax.set_title("drafts on the embedded Qwen2.5-VL target (sparrow eval-draft, CPU)")
+    _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> None:
+    """Grid, a small legend, tight layout: the study plots' common finish."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -207,21 +214,22 @@ def window(name: str = "window_study") -> str:
     rows = json.loads(path.read_text())["rows"]
     k = max((k for r in rows for k in r["tau"]), key=int)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, data in enumerate(sorted({r["data"] for r in rows})):
-        sp = sorted((r for r in rows if r["data"] == data and r["eval_window"]), key=lambda r: r["eval_window"])
+    anchors = min((r["anchor_layers"] for r in rows if r["eval_window"]), key=len, default=None)
+    for data in sorted({r["data"] for r in rows}):
+        sp = sorted((r for r in rows if r["data"] == data and r["eval_window"] and r["anchor_layers"] == anchors),
+                    key=lambda r: r["eval_window"])
         line, = ax.plot([r["eval_window"] for r in sp], [r["tau"][k] for r in sp], "o-", label=f"sparrow, {data}")
-        for r in rows:
+        for r in rows:  # EAGLE-3 (no window) dashed; a Sparrow draft of other anchors a cross
             if r["data"] == data and r["eval_window"] is None:
                 ax.axhline(r["tau"][k], ls="--", color=line.get_color(), lw=1, label=f"eagle3, {data}")
+            elif r["data"] == data and r["anchor_layers"] != anchors:
+                ax.plot([r["eval_window"]], [r["tau"][k]], "x", ms=8, color=line.get_color(),
+                        label=f"sparrow, anchors {','.join(map(str, r['anchor_layers']))}, {data}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("draft window W (text tokens; trained and served)")
     ax.set_ylabel(f"mean accepted length tau (k={k})")
     ax.set_title("window study, long tasks (sparrow eval-draft, CPU)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path.with_suffix(".png"))
     rows = sorted(rows, key=lambda r: (r["data"], r["eval_window"] or 1 << 30))
     split = [r for r in rows if "tau_by_text_place" in r]
     if not split:
@@ -381,28 +389,34 @@ def long(path: str | None = None) -> str:
     writes its plot (``<file>.png``: tau and decode speedup vs visual tokens, per task)."""
     path = Path(path) if path else RESULTS / "long_workloads.json"
     d = json.loads(path.read_text())
-    cells = {(c["target"], c["engine"], c["task"], c["visual_tokens"], c["method"]): c
-             for c in d["cells"] if c["batch"] == 1}
+    one = [c for c in d["cells"] if c["batch"] == 1]
+    cells = {(c["target"], c["engine"], c["task"], c["visual_tokens"], c["method"]): c for c in one}
+    drafts = {}  # a row per Sparrow draft measured at a point
+    for c in one:
+        if c["method"] == "sparrow":
+            drafts.setdefault((c["target"], c["engine"], c["task"], c["visual_tokens"]), []).append(c)
     out = ["| target | engine | task | visual tokens | requests / output tokens | none: decode tok/s "
-           "| eagle3: tau / speedup | sparrow: tau / speedup | sparrow vs eagle3 | greedy mismatches (eagle3 / sparrow) "
-           "| request latency, median s (none / eagle3 / sparrow) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| eagle3: tau / speedup | sparrow draft | sparrow: tau / speedup | sparrow vs eagle3 "
+           "| greedy mismatches (eagle3 / sparrow) | request latency, median s (none / eagle3 / sparrow) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ts(c):
         return f"{c['tau'] or 1:.2f} / {c['speedup_vs_none']:.2f}x" if c and c.get("speedup_vs_none") else "-"
 
     for tg, engine, task, v in sorted({key[:4] for key in cells}):
-        n, e, sp = (cells.get((tg, engine, task, v, m)) for m in ("none", "eagle3", "sparrow"))
-        first = n or e or sp
-        vs = f"{sp['speedup_vs_eagle3']:.2f}x" if sp and sp.get("speedup_vs_eagle3") else "-"
-        mm = " / ".join(str(c.get("greedy_mismatches", "-")) if c else "-" for c in (e, sp))
-        plain = f"{n['decode_tok_s']:.1f}" if n and n["decode_tok_s"] else "-"
-        lat = " / ".join(f"{c['e2e_s_median']:.2f}" if c else "-" for c in (n, e, sp))
-        out.append(f"| {Path(tg).name} | {engine} | {task} | {v:,} | {first['requests']} / {first['output_tokens']:,} | {plain} | {ts(e)} "
-                   f"| {ts(sp)} | {vs} | {mm} | {lat} |")
+        n, e = (cells.get((tg, engine, task, v, m)) for m in ("none", "eagle3"))
+        for sp in sorted(drafts.get((tg, engine, task, v), [None]), key=lambda c: c and c["draft"]):
+            first = n or e or sp
+            vs = f"{sp['speedup_vs_eagle3']:.2f}x" if sp and sp.get("speedup_vs_eagle3") else "-"
+            mm = " / ".join(str(c.get("greedy_mismatches", "-")) if c else "-" for c in (e, sp))
+            plain = f"{n['decode_tok_s']:.1f}" if n and n["decode_tok_s"] else "-"
+            lat = " / ".join(f"{c['e2e_s_median']:.2f}" if c else "-" for c in (n, e, sp))
+            name = Path(sp["draft"]).name if sp else "-"
+            out.append(f"| {Path(tg).name} | {engine} | {task} | {v:,} | {first['requests']} / "
+                       f"{first['output_tokens']:,} | {plain} | {ts(e)} | {name} | {ts(sp)} | {vs} | {mm} | {lat} |")
     hw = d["hardware"]
     out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy; "
-               f"`{d.get('command', 'python benchmarks/bench_long.py')}`.")
+               + "; ".join(f"`{c}`" for c in dict.fromkeys(c["command"] for c in d["cells"])) + ".")
     _plot_long(d["cells"], path.with_suffix(".png"))
     return "\n".join(out)
 
@@ -415,15 +429,16 @@ def _plot_long(cells: list[dict], path: Path) -> None:
 
     tasks = sorted({c["task"] for c in cells})
     targets = sorted({c["target"] for c in cells})
-    styles = ["s--", "o-", "s:", "o-."] * len(targets)
+    lines = sorted({(c["target"], c["method"], c["draft"]) for c in cells if c["method"] != "none"})
+    styles = ["s--", "o-", "^-", "s:", "o-.", "^:"] * len(lines)
     fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
     for j, task in enumerate(tasks):
-        for (tg, m), style in zip([(tg, m) for tg in targets for m in ("eagle3", "sparrow")], styles):
+        for (tg, m, dr), style in zip(lines, styles):
             rs = sorted((c for c in cells if c["task"] == task and c["method"] == m and c["batch"] == 1
-                         and c["engine"] == "offline" and c["target"] == tg),
+                         and c["engine"] == "offline" and c["target"] == tg and c["draft"] == dr),
                         key=lambda c: c["visual_tokens"])
             x = [c["visual_tokens"] for c in rs]
-            label = m if len(targets) == 1 else f"{m}, {Path(tg).name}"
+            label = f"{m} ({Path(dr).name})" + ("" if len(targets) == 1 else f", {Path(tg).name}")
             axes[0][j].plot(x, [c["tau"] or 1 for c in rs], style, label=label)
             axes[1][j].plot(x, [c.get("speedup_vs_none") or 0 for c in rs], style, label=label)
         axes[0][j].set_title(task)
