@@ -188,12 +188,16 @@ def _plot_study(rows: list[dict], path: Path) -> None:
     _save(fig, ax, path)
 
 
-def _save(fig, ax, path: Path) -> None:
-    """Grid, a small legend, tight layout: the study plots' common finish."""
+def _save(fig, ax, path: Path, legend_outside: bool = False) -> None:
+    """Grid, a small legend (right of the axes when ``legend_outside``), tight layout: the study
+    plots' common finish."""
     import matplotlib.pyplot as plt
 
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if legend_outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -213,7 +217,7 @@ def window(name: str = "window_study") -> str:
     path = RESULTS / f"{name}.json"
     rows = json.loads(path.read_text())["rows"]
     k = max((k for r in rows for k in r["tau"]), key=int)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.0))
     anchors = min((r["anchor_layers"] for r in rows if r["eval_window"]), key=len, default=None)
     for data in sorted({r["data"] for r in rows}):
         sp = sorted((r for r in rows if r["data"] == data and r["eval_window"] and r["anchor_layers"] == anchors),
@@ -229,7 +233,7 @@ def window(name: str = "window_study") -> str:
     ax.set_xlabel("draft window W (text tokens; trained and served)")
     ax.set_ylabel(f"mean accepted length tau (k={k})")
     ax.set_title("window study, long tasks (sparrow eval-draft, CPU)")
-    _save(fig, ax, path.with_suffix(".png"))
+    _save(fig, ax, path.with_suffix(".png"), legend_outside=True)
     rows = sorted(rows, key=lambda r: (r["data"], r["eval_window"] or 1 << 30))
     split = [r for r in rows if "tau_by_text_place" in r]
     if not split:

@@ -35,7 +35,7 @@ def row_of(report: dict, path: str) -> dict:
 
 def text_past_window(report: dict) -> dict:
     """Where the window cuts: mean text rows before an answer (chat history included) and the
-    share of answer tokens at a text index >= W, whose draft query no longer sees the start of
+    share of answer tokens at a text index >= W, whose draft query does not see the start of
     the text. Empty for reports without ``text_before`` or for a draft without a window."""
     per = report.get("per_sample", [])
     if not per or "text_before" not in per[0]:
