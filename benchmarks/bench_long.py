@@ -21,6 +21,10 @@ runs them again). One file, ``results/long_workloads.json``, holds a flat list o
     python benchmarks/bench_long.py --visual-tokens 1024 4096    # >= 16 requests a cell
     python benchmarks/bench_long.py --visual-tokens 25600 --tasks narrate
     python benchmarks/bench_long.py --quick --engines offline serve   # and through vllm serve
+    python benchmarks/bench_long.py --target DIR --sparrow-draft D1 --eagle3-draft D2   # another target
+
+Cells of several targets and of several drafts of one method live side by side (a cell is keyed
+by target and draft too); a draft's ratios are against the same target's cells.
 """
 
 from __future__ import annotations
