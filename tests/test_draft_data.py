@@ -252,6 +252,45 @@ def test_epoch_batches_keep_datasets_apart():
     assert [b.tolist() for b in one] == [order[:4].tolist(), order[4:8].tolist()]
 
 
+def test_storage_budget_keeps_the_mix_and_counts_the_rows_each_recipe_reads(target, full_data, tmp_path):
+    """`sparrow train --storage-mb`: the samples whose anchor states fit, datasets in their
+    share; EAGLE-3 stores every row, so one budget holds fewer of its samples than Sparrow's."""
+    from dataclasses import replace
+
+    from sparrow_vllm.draft.train import prepare_run, state_bytes, within_budget
+
+    def seq(source, rows):
+        return {"source": source, "hidden": torch.zeros(rows, 3)}
+
+    seqs = [seq(0, 100)] * 6 + [seq(1, 300)] * 2  # both datasets 600 rows, 3,600 B
+    assert state_bytes(seqs[0]) == 100 * 3 * 2
+    assert within_budget(seqs, 7200) == list(range(8))
+    half = within_budget(seqs, 3600)
+    assert [seqs[i]["source"] for i in half] == [0, 0, 0, 1]  # 1,800 B of each
+    assert within_budget(seqs, 599) == []
+
+    more = tmp_path / "32f"
+    generate_dataset(target, more, spec(n=2, num_frames=32), progress=False)
+    lines = []
+
+    def run(recipe, mb):
+        a = replace(_train_args(full_data, tmp_path / recipe), data=[str(full_data), str(more)],
+                    recipe=recipe, anchor_layers=[1, 3], storage_mb=mb)
+        return prepare_run(a, log=lines.append).seqs
+
+    sparrow_all, eagle_all = run("sparrow", None), run("eagle3", None)
+    assert len(sparrow_all) == len(eagle_all) == 7
+    budget = sum(map(state_bytes, sparrow_all)) / 1e6
+    assert sum(map(state_bytes, eagle_all)) / 1e6 > 2 * budget  # every visual row stored
+    assert len(run("sparrow", budget)) == 7
+    eagle = run("eagle3", budget)
+    assert 0 < len(eagle) < 7 and sum(map(state_bytes, eagle)) <= budget * 1e6
+    assert all(torch.equal(s["ids"], t["ids"]) for s, t in zip(eagle, eagle_all))  # in the data's order
+    assert lines[-1].startswith(f"storage budget {budget:g} MB: {len(eagle)} samples")
+    with pytest.raises(ValueError, match="not one sample"):
+        run("eagle3", 1e-6)
+
+
 def test_repeated_answers_are_forced_and_labelled_by_the_target(target_dir, target, tmp_path):
     """`--repeat-answers 3` on the embedded target: the response rows are its greedy answer
     repeated three times (capped); states and labels are those of one forward over them

@@ -26,6 +26,16 @@ def _at_least_one(s: str) -> int:
     return n
 
 
+def _positive_float(s: str) -> float:
+    try:
+        x = float(s)
+    except ValueError:
+        x = 0.0
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}")
+    return x
+
+
 def _default_target() -> str:
     from sparrow_vllm.target.paths import default_target_dir
 
@@ -117,6 +127,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--num-speculative-tokens", type=int, default=5, help="default k written to config.json")
+    p.add_argument("--storage-mb", type=_positive_float, default=None, metavar="MB",
+                   help="train on the samples whose anchor states (fp16, the rows this recipe reads) fit "
+                        "in MB, the datasets' mix kept: compare recipes under one storage budget")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     _add_ray_args(p, "train data-parallel (DDP) with Ray Train")
@@ -204,7 +217,8 @@ def run_train(args) -> int:
                   intermediate_size=args.intermediate_size, draft_vocab=args.draft_vocab, steps=args.steps,
                   batch_size=args.batch_size, lr=args.lr, step_decay=args.step_decay, seed=args.seed,
                   val_data=args.val_data, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
-                  resume=args.resume, target=args.target, num_speculative_tokens=args.num_speculative_tokens)
+                  resume=args.resume, target=args.target, num_speculative_tokens=args.num_speculative_tokens,
+                  storage_mb=args.storage_mb)
     if args.ray:
         from sparrow_vllm.draft.ray_train import train_ray
 

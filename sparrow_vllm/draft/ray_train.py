@@ -62,10 +62,10 @@ def _train_worker(config: dict) -> None:
     a = TrainArgs(**config["args"])
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    run = prepare_run(a)
+    log = print if rank == 0 else (lambda *_: None)
+    run = prepare_run(a, log)
     # Every rank holds identical buffers (vocab tables, the target's embedding): no broadcast.
     ddp = ray.train.torch.prepare_model(MTPLoss(run.model), parallel_strategy_kwargs={"broadcast_buffers": False})
-    log = print if rank == 0 else (lambda *_: None)
     step, metrics, finished = train_loop(a, run, RayCheckpoint(rank), log, rank, world_size, ddp)
     if finished and rank == 0:
         export(a, run, step, metrics, log)

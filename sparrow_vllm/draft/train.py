@@ -213,6 +213,7 @@ class TrainArgs:
     resume: bool = False
     target: str | None = None
     num_speculative_tokens: int = 5
+    storage_mb: float | None = None  # train on the samples whose anchor states fit this many MB
     progress: bool = True
     stop_after: int | None = None  # stop (checkpointed, not exported) after this many steps: tests
 
@@ -266,7 +267,34 @@ def load_training_samples(dirs: list[str], cfg: SparrowDraftConfig, identity: di
     return out
 
 
-def prepare_run(a: TrainArgs) -> TrainRun:
+def state_bytes(seq: dict) -> int:
+    """Bytes of the anchor states a draft sequence reads, stored in fp16: what a recipe must
+    keep on disk per sample (token ids and labels add 8 B a row, under 1%)."""
+    return seq["hidden"].numel() * 2
+
+
+def within_budget(seqs: list[dict], budget_bytes: float) -> list[int]:
+    """Indices of the samples a storage budget affords, the mix of datasets kept: each next
+    sample comes from the dataset with the smallest share of its bytes taken so far, in the
+    dataset's own order, until the next one would not fit."""
+    by_source: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_source.setdefault(s["source"], []).append(i)
+    total = {k: sum(state_bytes(seqs[i]) for i in v) for k, v in by_source.items()}
+    used, taken, spent, out = dict.fromkeys(by_source, 0), dict.fromkeys(by_source, 0), 0, []
+    while open_ := [k for k in by_source if taken[k] < len(by_source[k])]:
+        k = min(open_, key=lambda k: (used[k] / total[k], k))
+        i = by_source[k][taken[k]]
+        if spent + state_bytes(seqs[i]) > budget_bytes:
+            break
+        out.append(i)
+        taken[k] += 1
+        used[k] += state_bytes(seqs[i])
+        spent += state_bytes(seqs[i])
+    return sorted(out)
+
+
+def prepare_run(a: TrainArgs, log=print) -> TrainRun:
     """Seed, load the data, build the draft config, vocabulary and initial model."""
     torch.manual_seed(a.seed)
     from sparrow_vllm.draft.data import load_manifest, target_identity
@@ -285,6 +313,21 @@ def prepare_run(a: TrainArgs) -> TrainRun:
     cfg = SparrowDraftConfig.for_target(tcfg, recipe=a.recipe, **overrides)
     identity = target_identity(target_dir, tcfg)
     samples = load_training_samples(dirs, cfg, identity)
+    seqs = [draft_sequence(s, cfg) for s in samples]
+
+    def size(seqs):
+        return f"{sum(len(s['ids']) for s in seqs):,} rows, {sum(map(state_bytes, seqs)) / 1e6:,.1f} MB"
+
+    log(f"data: {len(seqs)} samples, {size(seqs)} of anchor states ({len(cfg.anchor_layers)} layers, "
+        f"fp16, {'text rows' if cfg.text_only else 'every row'})")
+    if a.storage_mb is not None:
+        keep = within_budget(seqs, a.storage_mb * 1e6)
+        if not keep:
+            raise ValueError(f"--storage-mb {a.storage_mb:g}: not one sample of this data fits")
+        samples, seqs = [samples[i] for i in keep], [seqs[i] for i in keep]
+        kept = Counter(s["source"] for s in seqs)
+        log(f"storage budget {a.storage_mb:g} MB: {len(seqs)} samples ("
+            + ", ".join(f"{kept[i]} of {d}" for i, d in enumerate(dirs)) + f"), {size(seqs)}")
     tok_eos = [tcfg.text_config.eos_token_id] if isinstance(tcfg.text_config.eos_token_id, int) else list(
         tcfg.text_config.eos_token_id or [])
     try:
@@ -303,7 +346,6 @@ def prepare_run(a: TrainArgs) -> TrainRun:
         if norm is not None:
             model.norm.weight.copy_(norm)
     t2d_table = model.target_to_draft(torch.arange(cfg.target_vocab_size))
-    seqs = [draft_sequence(s, cfg) for s in samples]
     val = load_training_samples(data_dirs(a.val_data), cfg, identity, limit=a.val_limit)
     val_seqs = [draft_sequence(s, cfg) for s in val]
     return TrainRun(cfg, model, seqs, val_seqs, t2d_table, t)
@@ -446,7 +488,7 @@ def export(a: TrainArgs, run: TrainRun, step: int, metrics: dict, log=print) -> 
 def train(a: TrainArgs, log=print) -> Path:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = prepare_run(a)
+    run = prepare_run(a, log)
     step, metrics, finished = train_loop(a, run, FileCheckpoint(out / "checkpoint.pt", a.resume), log)
     if finished:
         export(a, run, step, metrics, log)
