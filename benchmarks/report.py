@@ -425,6 +425,29 @@ def long(path: str | None = None) -> str:
     return "\n".join(out)
 
 
+def long_lengths(path: str | None = None) -> str:
+    """benchmarks/bench_long.py by video length: one row per (task, method, draft), tau and
+    speedup at every length measured, and the longest length's tau over the 1k one."""
+    path = Path(path) if path else RESULTS / "long_workloads.json"
+    d = json.loads(path.read_text())
+    rows: dict[tuple, dict[int, dict]] = {}
+    for c in d["cells"]:
+        if c["batch"] == 1 and c["method"] != "none":
+            rows.setdefault((c["target"], c["engine"], c["task"], c["method"], c["draft"]), {})[c["visual_tokens"]] = c
+    out = ["| target | engine | task | method (draft) | visual tokens | tau | decode speedup vs none "
+           "| tau, longest / shortest |", "|---|---|---|---|---|---|---|---|"]
+    for (tg, engine, task, m, dr), by_v in sorted(rows.items()):
+        vs = sorted(by_v)
+        tau = [by_v[v]["tau"] or 1 for v in vs]
+        keep = f"{tau[-1] / tau[0]:.2f}" if len(vs) > 1 else "-"
+        out.append(f"| {Path(tg).name} | {engine} | {task} | {m} ({Path(dr).name}) | "
+                   + " / ".join(f"{v:,}" for v in vs) + " | " + " / ".join(f"{t:.2f}" for t in tau) + " | "
+                   + " / ".join(f"{by_v[v].get('speedup_vs_none') or 0:.2f}x" for v in vs) + f" | {keep} |")
+    hw = d["hardware"]
+    out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy, k = 5.")
+    return "\n".join(out)
+
+
 def _plot_long(cells: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -687,7 +710,7 @@ def _plot_length_study(rows: list[dict], path: Path) -> None:
 if __name__ == "__main__":
     tables = {"kernels": kernels, "target": target, "drafts": drafts, "study": study, "tau": tau, "offline": offline,
               "serve": serve, "reliability": reliability, "per_video": per_video, "summary": summary,
-              "compiled": compiled, "long": long, "target_long": target_long, "own_data": own_data,
+              "compiled": compiled, "long": long, "long_lengths": long_lengths, "target_long": target_long, "own_data": own_data,
               "adaptive_k": adaptive_k, "per_request_stop": per_request_stop, "block_drop": block_drop,
               "length_study": length_study, "window": window}
     if len(sys.argv) < 2 or sys.argv[1] not in tables:
