@@ -206,6 +206,7 @@ def test_train_on_several_datasets_of_one_target(target, full_data, tmp_path):
     train(args([full_data, longer], tmp_path / "mixed"), log=lambda *_: None)
     info = json.loads((tmp_path / "mixed" / "training.json").read_text())
     assert info["train_samples"] == 5 + 2
+    assert info["train_rows"] > 0 and info["train_state_bytes"] > 0
     # data-parallel: every batch is split over the workers, so a one-sample dataset is refused
     from sparrow_vllm.draft.train import prepare_run, train_loop
 

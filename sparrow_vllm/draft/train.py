@@ -479,7 +479,8 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
 def export(a: TrainArgs, run: TrainRun, step: int, metrics: dict, log=print) -> Path:
     """Write the trained draft (``config.json`` + ``model.safetensors``) to ``a.out``."""
     extra = {"args": {k: v for k, v in vars(a).items()}, "final": metrics, "steps": step,
-             "train_samples": len(run.seqs), "data": a.data, "target": run.target}
+             "train_samples": len(run.seqs), "train_rows": sum(len(s["ids"]) for s in run.seqs),
+             "train_state_bytes": sum(map(state_bytes, run.seqs)), "data": a.data, "target": run.target}
     save_draft(run.model, a.out, extra=extra)
     log(f"exported draft to {a.out}")
     return Path(a.out)
