@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from common import hardware, portable_path  # noqa: E402
+from common import dumps, hardware, portable_path  # noqa: E402
 from sparrow_vllm.world.story import LONG_TASKS, NARRATE_QUESTIONS, make_long_sample  # noqa: E402
 
 METHODS = ("none", "eagle3", "sparrow")
@@ -244,7 +244,7 @@ def main() -> int:
             data["cells"] = [c for c in data["cells"] if tuple(c[k] for k in CELL_KEY) not in new] + rows
             add_ratios(data["cells"])
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(data, indent=1))
+            args.out.write_text(dumps(data))
             for r in rows:
                 print(f"[{engine} {m} {v}] {r['task']}: {r['requests']} requests, {r['output_tokens']} tokens, "
                       f"tau {r['tau'] or 1:.2f}, {r['decode_tok_s'] or 0:.1f} tok/s "
