@@ -22,7 +22,6 @@ def portable_path(path) -> str | None:
     return str(path)
 
 
-
 def dumps(data) -> str:
     """JSON with one key a line and each list of numbers (token ids, acceptance) on one line."""
     return re.sub(r"\[\s*([-+\d.eE,\s]+?)\s*\]",

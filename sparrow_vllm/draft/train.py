@@ -275,7 +275,7 @@ def state_bytes(seq: dict) -> int:
 
 def within_budget(seqs: list[dict], budget_bytes: float) -> list[int]:
     """Indices of the samples a storage budget affords, the mix of datasets kept: each next
-    sample comes from the dataset with the smallest share of its bytes taken so far, in the
+    sample comes from the dataset with the smallest share of its bytes already taken, in the
     dataset's own order, until the next one would not fit."""
     by_source: dict[int, list[int]] = {}
     for i, s in enumerate(seqs):
