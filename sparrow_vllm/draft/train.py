@@ -318,7 +318,8 @@ def prepare_run(a: TrainArgs, log=print) -> TrainRun:
     def size(seqs):
         return f"{sum(len(s['ids']) for s in seqs):,} rows, {sum(map(state_bytes, seqs)) / 1e6:,.1f} MB"
 
-    log(f"data: {len(seqs)} samples, {size(seqs)} of anchor states ({len(cfg.anchor_layers)} layers, "
+    n_layers = len(cfg.anchor_layers)
+    log(f"data: {len(seqs)} samples, {size(seqs)} of anchor states ({n_layers} layer{'s' * (n_layers > 1)}, "
         f"fp16, {'text rows' if cfg.text_only else 'every row'})")
     if a.storage_mb is not None:
         keep = within_budget(seqs, a.storage_mb * 1e6)
