@@ -273,6 +273,11 @@ def state_bytes(seq: dict) -> int:
     return seq["hidden"].numel() * 2
 
 
+def data_size(seqs: list[dict]) -> tuple[int, int]:
+    """Rows and anchor-state bytes of draft sequences: what ``sparrow train`` logs and records."""
+    return sum(len(s["ids"]) for s in seqs), sum(map(state_bytes, seqs))
+
+
 def within_budget(seqs: list[dict], budget_bytes: float) -> list[int]:
     """Indices of the samples a storage budget affords, the mix of datasets kept: each next
     sample comes from the dataset with the smallest share of its bytes already taken, in the
@@ -285,12 +290,13 @@ def within_budget(seqs: list[dict], budget_bytes: float) -> list[int]:
     while open_ := [k for k in by_source if taken[k] < len(by_source[k])]:
         k = min(open_, key=lambda k: (used[k] / total[k], k))
         i = by_source[k][taken[k]]
-        if spent + state_bytes(seqs[i]) > budget_bytes:
+        b = state_bytes(seqs[i])
+        if spent + b > budget_bytes:
             break
         out.append(i)
         taken[k] += 1
-        used[k] += state_bytes(seqs[i])
-        spent += state_bytes(seqs[i])
+        used[k] += b
+        spent += b
     return sorted(out)
 
 
@@ -316,7 +322,8 @@ def prepare_run(a: TrainArgs, log=print) -> TrainRun:
     seqs = [draft_sequence(s, cfg) for s in samples]
 
     def size(seqs):
-        return f"{sum(len(s['ids']) for s in seqs):,} rows, {sum(map(state_bytes, seqs)) / 1e6:,.1f} MB"
+        rows, nbytes = data_size(seqs)
+        return f"{rows:,} rows, {nbytes / 1e6:,.1f} MB"
 
     n_layers = len(cfg.anchor_layers)
     log(f"data: {len(seqs)} samples, {size(seqs)} of anchor states ({n_layers} layer{'s' * (n_layers > 1)}, "
@@ -479,9 +486,10 @@ def train_loop(a: TrainArgs, run: TrainRun, ckpt, log=print, rank: int = 0, worl
 
 def export(a: TrainArgs, run: TrainRun, step: int, metrics: dict, log=print) -> Path:
     """Write the trained draft (``config.json`` + ``model.safetensors``) to ``a.out``."""
+    rows, nbytes = data_size(run.seqs)
     extra = {"args": {k: v for k, v in vars(a).items()}, "final": metrics, "steps": step,
-             "train_samples": len(run.seqs), "train_rows": sum(len(s["ids"]) for s in run.seqs),
-             "train_state_bytes": sum(map(state_bytes, run.seqs)), "data": a.data, "target": run.target}
+             "train_samples": len(run.seqs), "train_rows": rows, "train_state_bytes": nbytes,
+             "data": a.data, "target": run.target}
     save_draft(run.model, a.out, extra=extra)
     log(f"exported draft to {a.out}")
     return Path(a.out)
