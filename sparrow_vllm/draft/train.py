@@ -303,11 +303,12 @@ def within_budget(seqs: list[dict], budget_bytes: float) -> list[int]:
 def prepare_run(a: TrainArgs, log=print) -> TrainRun:
     """Seed, load the data, build the draft config, vocabulary and initial model."""
     torch.manual_seed(a.seed)
-    from sparrow_vllm.draft.data import load_manifest, target_identity
+    from sparrow_vllm.draft.data import data_target, load_manifest, target_identity
 
     dirs = data_dirs(a.data)
-    t = load_manifest(dirs[0])["target"]
-    target_dir = a.target or t["path"]
+    manifest = load_manifest(dirs[0])
+    t = manifest["target"]
+    target_dir = a.target or data_target(manifest)
     from transformers import AutoConfig
 
     tcfg = AutoConfig.from_pretrained(target_dir)
