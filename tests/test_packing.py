@@ -23,9 +23,9 @@ def test_clip_questions_ask_other_kinds_of_the_same_scene_reproducibly():
         assert dict(qas)["Describe the video."].startswith(f"A {sample.scene.objects[0].colour} ")
 
 
-@pytest.fixture(scope="module")
-def model_and_processor():
-    adapter = get_family("qwen2.5-vl")
+@pytest.fixture(scope="module", params=["qwen2.5-vl", "llava-onevision"])
+def model_and_processor(request):
+    adapter = get_family(request.param)
     model, _tokenizer, processor = adapter.build_model(None, seed=0)  # a seeded random tower
     model.eval()
     tv.use_long_video_attention(adapter.text_config(model.config))
@@ -39,8 +39,8 @@ def test_each_packed_block_sees_only_the_video_and_its_own_question(model_and_pr
     qas = clip_questions(sample, 8)
     assert len(qas) >= 3
     inputs = adapter.hf_inputs(processor, frames, sample.question, sample.answer)
-    packed, position_ids, blocks = pack_questions(model, processor, inputs, qas)
-    assert packed["input_ids"].shape[1] == len(blocks) == position_ids.shape[2]
+    packed, position_ids, blocks = pack_questions(adapter, model, processor, inputs, qas)
+    assert packed["input_ids"].shape[1] == len(blocks) == position_ids.shape[-1]
     assert int(blocks.max()) == len(qas) + 1
 
     def logits(ids_and_more, **kw):

@@ -61,6 +61,11 @@ class FamilyAdapter:
         one per turn in ``video_turns``); with ``answer`` also ``labels`` (-100 outside the answer)."""
         raise NotImplementedError
 
+    def position_ids(self, model, inputs) -> torch.Tensor:
+        """The position ids the HF model computes for ``inputs`` (one sequence), last dim the
+        sequence: ``[1, T]`` plain positions unless the target uses mRoPE."""
+        return torch.arange(inputs["input_ids"].shape[1])[None]
+
     def draft_positions(self, model, input_ids: torch.Tensor, inputs) -> torch.Tensor:
         """``[T]`` the 1-D position vLLM hands an EAGLE-3 draft at each token of
         ``input_ids [T]`` (plain positions unless the target uses mRoPE)."""
@@ -81,6 +86,11 @@ class FamilyAdapter:
 
     def video_placeholder(self) -> str:
         """The text the chat template puts where the video goes (for text-only prompts)."""
+        raise NotImplementedError
+
+    def video_end_token(self) -> str:
+        """The token that ends a video's block in the prompt ids, before and after the processor
+        expands the placeholder (its last occurrence, where the placeholder is repeated)."""
         raise NotImplementedError
 
     # ---- serving defaults -------------------------------------------------------------

@@ -35,8 +35,7 @@ class LlavaOneVisionAdapter(FamilyAdapter):
                   video_turns=(0,)):
         from sparrow_vllm.target.llava_onevision import hf_inputs
 
-        _one_video_turn(history, video_turns)
-        return hf_inputs(processor, frames, question, answer)
+        return hf_inputs(processor, frames, question, answer, history, video_turns)
 
     # draft_positions: the base's plain arange (LLaVA-OV has no mRoPE; vLLM gives every
     # token, visual ones included, its index).
@@ -45,19 +44,22 @@ class LlavaOneVisionAdapter(FamilyAdapter):
     def prompt_text(self, processor, question: str, history=(), video_turns=(0,)) -> str:
         from sparrow_vllm.target.llava_onevision import prompt_text
 
-        _one_video_turn((), video_turns)
-        return prompt_text(processor, question, history)
+        return prompt_text(processor, question, history, video_turns)
 
     def vllm_prompt(self, processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
         from sparrow_vllm.target.llava_onevision import vllm_prompt
 
-        _one_video_turn((), video_turns)
-        return vllm_prompt(processor, frames, question, history)
+        return vllm_prompt(processor, frames, question, history, video_turns)
 
     def video_placeholder(self) -> str:
         from sparrow_vllm.target.llava_onevision import VIDEO_PLACEHOLDER
 
         return VIDEO_PLACEHOLDER  # "<video>\n"
+
+    def video_end_token(self) -> str:
+        from sparrow_vllm.target.llava_onevision import VIDEO_TOKEN
+
+        return VIDEO_TOKEN  # expanded to the video's tokens (its newline included): the last one ends it
 
     # ---- serving defaults -------------------------------------------------------------
     def serving_defaults(self, hf_config, max_model_len: int) -> tuple[dict, int | None]:
@@ -106,10 +108,3 @@ class LlavaOneVisionAdapter(FamilyAdapter):
 
         return ASSETS_DIR / VISION_PARTS
 
-
-def _one_video_turn(history, video_turns) -> None:
-    """The embedded LLaVA-OneVision target reads one video with its first question (no
-    ``stream`` task), and trains on single-turn answers."""
-    if tuple(video_turns) != (0,) or history:
-        raise ValueError("llava-onevision: one video in the first turn only (the chat and stream tasks "
-                         "are Qwen2.5-VL's for now)")

@@ -33,6 +33,13 @@ class Qwen25VLAdapter(FamilyAdapter):
 
         return hf_inputs(processor, frames, question, answer, history, video_turns)
 
+    def position_ids(self, model, inputs) -> torch.Tensor:
+        """``[3, 1, T]`` mRoPE positions (temporal, height, width)."""
+        pos, _ = model.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
+            second_per_grid_ts=inputs.get("second_per_grid_ts"), attention_mask=inputs["attention_mask"])
+        return pos
+
     def draft_positions(self, model, input_ids: torch.Tensor, inputs) -> torch.Tensor:
         """The temporal mRoPE component, with vLLM's video timing: what vLLM's EAGLE-3
         proposer gives a 1-D draft on an mRoPE target."""
@@ -59,6 +66,9 @@ class Qwen25VLAdapter(FamilyAdapter):
 
     def video_placeholder(self) -> str:
         return "<|vision_start|><|video_pad|><|vision_end|>"
+
+    def video_end_token(self) -> str:
+        return "<|vision_end|>"
 
     def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
         from sparrow_vllm.world import visual_tokens

@@ -44,6 +44,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--init", type=Path, default=None, help="continue from these vision parts")
     t.add_argument("--simulate-tokens", type=int, default=32768,
                    help="train short clips as if up to this many visual tokens long (0: off; see train_vision)")
+    t.add_argument("--simulate-positions", action="store_true",
+                   help="the simulated length moves the positions too (plain 1-D positions: llava-onevision)")
     t.add_argument("--lora-rank", type=int, default=0,
                    help="also adapt the LM with a LoRA of this rank, merged at build time (0: LM frozen); "
                    "with an --init that has LoRA factors, at least their rank (a higher one grows them)")
@@ -146,7 +148,7 @@ def run_train(args) -> int:
                        snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
                        grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
                        questions_per_clip=args.questions_per_clip, long_share=args.long_share,
-                       long_all_turns=args.long_all_turns))
+                       long_all_turns=args.long_all_turns, simulate_positions=args.simulate_positions))
     return 0
 
 
@@ -174,8 +176,6 @@ def run_eval(args) -> int:
 
         if args.engine != "vllm":
             raise SystemExit("sparrow eval-target: the long tasks are scored through vLLM (--engine vllm)")
-        if family_of(target).name != "qwen2.5-vl":
-            raise SystemExit(f"sparrow eval-target: --task {args.task} is Qwen2.5-VL's for now")
         results = []
         for f in args.frames:
             try:

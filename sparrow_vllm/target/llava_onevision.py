@@ -177,26 +177,41 @@ def make_processor(tokenizer):
 
 # ---- prompts ----------------------------------------------------------------------------
 
-def prompt_text(processor, question: str, history=()) -> str:
-    return processor.apply_chat_template(messages(question, history=history), add_generation_prompt=True,
-                                         tokenize=False)
+def prompt_text(processor, question: str, history=(), video_turns=(0,)) -> str:
+    return processor.apply_chat_template(messages(question, history=history, video_turns=video_turns),
+                                         add_generation_prompt=True, tokenize=False)
 
 
-def hf_inputs(processor, frames, question: str, answer: str | None = None):
-    """Tokenized HF inputs; with ``answer`` also ``labels`` (``target/prompt.py`` semantics)."""
-    inputs = processor(text=[prompt_text(processor, question)], videos=[frames], return_tensors="pt")
+def _videos(frames) -> list:
+    """One video, or a list of one per video turn (a stream's clips)."""
+    return list(frames) if isinstance(frames, (list, tuple)) else [frames]
+
+
+def hf_inputs(processor, frames, question: str, answer: str | None = None, history=(), video_turns=(0,)):
+    """Tokenized HF inputs; with ``answer`` also ``labels`` (``target/prompt.py`` semantics).
+    ``frames``: one video, or a list of one per turn in ``video_turns``, all of one length:
+    transformers' LLaVA-OV stacks a prompt's videos into one tensor (vLLM reads any lengths)."""
+    lengths = sorted({len(v) for v in _videos(frames)})
+    if len(lengths) > 1:
+        raise ValueError(f"llava-onevision in transformers: a prompt's videos must have one length, got {lengths} "
+                         "frames (vLLM serves them as they are)")
+    inputs = processor(text=[prompt_text(processor, question, history, video_turns)], videos=_videos(frames),
+                       return_tensors="pt")
     return append_answer(inputs, processor.tokenizer, answer)
 
 
-def vllm_prompt(processor, frames, question: str, history=()) -> dict:
+def vllm_prompt(processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
     """An offline ``LLM.generate`` prompt: vLLM's LLaVA-OV takes raw ``[T, H, W, 3]`` uint8
-    frames, no metadata (every frame is used; LLaVA-OV has no notion of time).
+    frames, no metadata (every frame is used; LLaVA-OV has no notion of time); ``frames`` as in
+    :func:`hf_inputs`.
 
     vLLM 0.32 limits: its encoder cache is max(max_num_batched_tokens, 302) tokens (it
     profiles at most 16 frames a video), so a video of N tokens needs
     max_num_batched_tokens >= N; and one encoder batch of videos with different frame
     counts fails (3-D embeddings from ``_process_video_pixels``) unless patched."""
-    return {"prompt": prompt_text(processor, question, history), "multi_modal_data": {"video": frames}}
+    videos = _videos(frames)
+    return {"prompt": prompt_text(processor, question, history, video_turns),
+            "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
 
 
 # ---- the model --------------------------------------------------------------------------

@@ -129,6 +129,19 @@ def simulated_repeats(rng: random.Random, visual_tokens: int, simulate_tokens: i
     return math.exp(rng.uniform(0.0, math.log(top)))
 
 
+def stretched_positions(position_ids: torch.Tensor, is_visual: torch.Tensor, m: float) -> torch.Tensor:
+    """Plain 1-D ``position_ids [1, L]`` of a clip as its video ``m`` times longer would place
+    them: visual token ``i`` of a block at the block's start + ``i * m``, every later position
+    moved on by ``m - 1`` per visual token before it (float positions; RoPE takes them). With the
+    ``log m`` bias a text query then reads each visual token as ``m`` copies at the distances a
+    real long video puts them (the first copy's rotation standing for all). ``is_visual [L]``;
+    packed blocks (positions restarting after the video) move with the text they follow."""
+    if position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        raise ValueError("stretched positions are for plain 1-D positions (not mRoPE)")
+    visual = torch.sort(position_ids[0, is_visual]).values
+    return position_ids + (m - 1.0) * torch.searchsorted(visual, position_ids)
+
+
 def cosine_with_warmup(opt, steps: int, warmup: int):
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
     return torch.optim.lr_scheduler.LambdaLR(
@@ -142,10 +155,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  perception_level: str = "token", perception_tower_lr: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
                  grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0,
-                long_all_turns: bool = False) -> Path:
+                 long_all_turns: bool = False, simulate_positions: bool = False) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
-    ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off).
+    ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off);
+    ``simulate_positions``: the positions too (``stretched_positions``; families with plain 1-D
+    positions, where a long video moves the text thousands of positions on).
     ``lora_rank``: also adapt the LM with a LoRA of this rank (learning rate ``lora_lr``),
     committed with the vision parts and merged at build time (``target/lora.py``; 0: LM frozen);
     with an ``init`` that has LoRA factors, at least their rank (a higher one grows them).
@@ -166,7 +181,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     one forward (the clip's own and one of each other kind its scene answers, each seeing only
     the video and itself: ``target/packing.py``; 1: the clip's own question only).
     ``long_share``: this share of the clips are turns of the long tasks instead (narrate, chat,
-    stream: ``long_task_inputs``; no perception, grounding or packing on those). Qwen2.5-VL only.
+    stream: ``long_task_inputs``; no perception, grounding or packing on those).
     ``long_all_turns``: a long-task clip is its whole conversation, every answer in the loss
     (else one random turn)."""
     from sparrow_vllm.families import get_family
@@ -188,13 +203,16 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}")
     if questions_per_clip < 1:
         raise ValueError(f"questions_per_clip must be >= 1, got {questions_per_clip}")
-    if questions_per_clip > 1 and (adapter.name != "qwen2.5-vl" or grounding_weight):
-        raise ValueError("questions_per_clip > 1 packs Qwen2.5-VL prompts and does not combine with the grounding "
-                         "loss (it reads one question's answer)")
+    if questions_per_clip > 1 and grounding_weight:
+        raise ValueError("questions_per_clip > 1 does not combine with the grounding loss (it reads one question's "
+                         "answer)")
     if not 0 <= long_share <= 1:
         raise ValueError(f"long_share must be in [0, 1], got {long_share}")
-    if long_share and adapter.name != "qwen2.5-vl":
-        raise ValueError("the long tasks (chat, stream) are Qwen2.5-VL's for now; not for " + adapter.name)
+    if simulate_positions and not simulate_tokens:
+        raise ValueError("simulate_positions stretches a simulated length: give simulate_tokens")
+    if simulate_positions and adapter.name == "qwen2.5-vl":
+        raise ValueError("simulate_positions is for plain 1-D positions; Qwen2.5-VL's mRoPE keeps a video's text "
+                         "positions close")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
@@ -218,6 +236,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         options["long_share"] = long_share
     if long_all_turns:
         options["long_all_turns"] = True
+    if simulate_positions:
+        options["simulate_positions"] = True
     changed = {k: (v, options[k]) for k, v in (state or {}).get("options", {}).items() if options.get(k) != v}
     if changed:
         raise ValueError(f"{ckpt} was trained with other options: "
@@ -317,12 +337,16 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                 inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
             if questions_per_clip > 1 and not is_long:
                 inputs, extra["position_ids"], _key_blocks[0] = pack_questions(
-                    model, processor, inputs, clip_questions(sample, questions_per_clip))
+                    adapter, model, processor, inputs, clip_questions(sample, questions_per_clip))
             m = 1.0
             is_visual = torch.isin(inputs["input_ids"][0], visual_ids)
             if simulate_tokens:
                 m = simulated_repeats(rng, int(is_visual.sum()), simulate_tokens)
                 _visual_key_bias[0] = is_visual.float() * math.log(m)
+                if simulate_positions and m != 1.0:
+                    base = extra.get("position_ids")
+                    base = adapter.position_ids(model, inputs) if base is None else base
+                    extra["position_ids"] = stretched_positions(base, is_visual, m)
             try:
                 out = model(**inputs, **extra)
                 loss = out.loss
@@ -402,6 +426,7 @@ if __name__ == "__main__":
     ap.add_argument("--grounding-head", type=int, default=1)
     ap.add_argument("--questions-per-clip", type=int, default=1)
     ap.add_argument("--long-share", type=float, default=0.0)
+    ap.add_argument("--simulate-positions", action="store_true")
     a = ap.parse_args()
     out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
     print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
@@ -410,4 +435,5 @@ if __name__ == "__main__":
                        perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr,
                        snapshot_every=a.snapshot_every, grounding_weight=a.grounding_weight,
                        grounding_layer=a.grounding_layer, grounding_head=a.grounding_head,
-                       questions_per_clip=a.questions_per_clip, long_share=a.long_share))
+                       questions_per_clip=a.questions_per_clip, long_share=a.long_share,
+                       simulate_positions=a.simulate_positions))
