@@ -94,20 +94,12 @@ def test_vllm_and_transformers_agree_on_chat_and_stream_turns(llava_dir):
                                             "limit_mm_per_prompt": {"video": 2, "image": 1}}})
     model = ADAPTER.load_hf(llava_dir)
     processor = ADAPTER.load_processor(llava_dir)
-    eos = ADAPTER.eos_token_ids(processor.tokenizer)
     for (task, i, f), out in zip(cases, got["outputs"]):
         sample = make_long_sample(task, "test", i, f)
         turn = long_turn(sample, len(sample.turns) - 1)
         inputs = ADAPTER.hf_inputs(processor, turn["videos"], turn["question"], None, turn["history"],
                                    turn["video_turns"])
-        ADAPTER.before_generate(model)
-        with torch.no_grad():
-            ref = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-        ref = ref.tolist()
-        stops = [j for j, t in enumerate(ref) if t in eos]
-        ref = ref[: stops[0] + 1] if stops else ref
-        assert out["prompt_tokens"] == inputs["input_ids"].shape[1], task
-        assert out["token_ids"] == ref, (task, out["text"], processor.tokenizer.decode(ref))
+        _assert_same_greedy_answer(model, processor, inputs, out, task)
 
 
 @pytest.mark.vllm
@@ -123,15 +115,21 @@ def test_vllm_and_transformers_agree_on_a_video_answer(llava_dir):
                                  "sampling": {"max_tokens": 24}, "engine": {"max_model_len": 4096, "max_num_seqs": 4}})
     model = ADAPTER.load_hf(llava_dir)
     processor = ADAPTER.load_processor(llava_dir)
-    eos = ADAPTER.eos_token_ids(processor.tokenizer)
     for i, f, out in zip(indices, frames, got["outputs"]):
         s = make_sample("test", i, f)
         inputs = ADAPTER.hf_inputs(processor, s.frames(), s.question)
-        ADAPTER.before_generate(model)
-        with torch.no_grad():
-            ref = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-        ref = ref.tolist()
-        stops = [j for j, t in enumerate(ref) if t in eos]
-        ref = ref[: stops[0] + 1] if stops else ref
-        assert out["prompt_tokens"] == inputs["input_ids"].shape[1], f
-        assert out["token_ids"] == ref, (f, out["text"], processor.tokenizer.decode(ref))
+        _assert_same_greedy_answer(model, processor, inputs, out, f)
+
+
+def _assert_same_greedy_answer(model, processor, inputs, out, case):
+    """vLLM's output ``out`` has the prompt length of ``inputs`` and transformers' greedy
+    tokens for them (up to the first end-of-turn)."""
+    eos = ADAPTER.eos_token_ids(processor.tokenizer)
+    ADAPTER.before_generate(model)
+    with torch.no_grad():
+        ref = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    ref = ref.tolist()
+    stops = [j for j, t in enumerate(ref) if t in eos]
+    ref = ref[: stops[0] + 1] if stops else ref
+    assert out["prompt_tokens"] == inputs["input_ids"].shape[1], case
+    assert out["token_ids"] == ref, (case, out["text"], processor.tokenizer.decode(ref))
