@@ -21,7 +21,7 @@ from torch import nn
 
 from sparrow_vllm.target.lora import merge_lora, without_lora
 from sparrow_vllm.target.paths import cache_root
-from sparrow_vllm.target.prompt import append_answer, messages
+from sparrow_vllm.target.prompt import append_answer, messages, video_list
 from sparrow_vllm.target.smollm2 import lm_state_with_new_rows, load_smollm2
 
 TARGET_NAME = "sparrow-llavaov-smollm2"
@@ -182,20 +182,16 @@ def prompt_text(processor, question: str, history=(), video_turns=(0,)) -> str:
                                          add_generation_prompt=True, tokenize=False)
 
 
-def _videos(frames) -> list:
-    """One video, or a list of one per video turn (a stream's clips)."""
-    return list(frames) if isinstance(frames, (list, tuple)) else [frames]
-
-
 def hf_inputs(processor, frames, question: str, answer: str | None = None, history=(), video_turns=(0,)):
     """Tokenized HF inputs; with ``answer`` also ``labels`` (``target/prompt.py`` semantics).
     ``frames``: one video, or a list of one per turn in ``video_turns``, all of one length:
     transformers' LLaVA-OV stacks a prompt's videos into one tensor (vLLM reads any lengths)."""
-    lengths = sorted({len(v) for v in _videos(frames)})
+    videos = video_list(frames)
+    lengths = sorted({len(v) for v in videos})
     if len(lengths) > 1:
         raise ValueError(f"llava-onevision in transformers: a prompt's videos must have one length, got {lengths} "
                          "frames (vLLM serves them as they are)")
-    inputs = processor(text=[prompt_text(processor, question, history, video_turns)], videos=_videos(frames),
+    inputs = processor(text=[prompt_text(processor, question, history, video_turns)], videos=videos,
                        return_tensors="pt")
     return append_answer(inputs, processor.tokenizer, answer)
 
@@ -209,7 +205,7 @@ def vllm_prompt(processor, frames, question: str, history=(), video_turns=(0,)) 
     profiles at most 16 frames a video), so a video of N tokens needs
     max_num_batched_tokens >= N; and one encoder batch of videos with different frame
     counts fails (3-D embeddings from ``_process_video_pixels``) unless patched."""
-    videos = _videos(frames)
+    videos = video_list(frames)
     return {"prompt": prompt_text(processor, question, history, video_turns),
             "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]}}
 

@@ -37,6 +37,11 @@ def long_turn(sample, turn: int) -> dict:
             "video_turns": video_turns, "videos": sample.clips()[:len(video_turns)]}
 
 
+def video_list(frames) -> list:
+    """One video, or a list of one per video turn (a stream's clips), as a list."""
+    return list(frames) if isinstance(frames, (list, tuple)) else [frames]
+
+
 def video_metadata(num_frames: int) -> dict:
     """What vLLM's Qwen2.5-VL processing needs next to raw frames (all frames are used)."""
     return {
@@ -55,7 +60,7 @@ def hf_inputs(processor, frames, question: str, answer: str | None = None, histo
 
     The answer is tokenized on its own and appended, exactly as generation produces it.
     """
-    videos = list(frames) if isinstance(frames, (list, tuple)) else [frames]
+    videos = video_list(frames)
     inputs = processor(
         text=[prompt_text(processor, question, history, video_turns)], videos=videos, return_tensors="pt",
         videos_kwargs={"do_sample_frames": False, "fps": VIDEO_FPS},
@@ -119,7 +124,7 @@ def append_tokens(inputs, ids):
 def vllm_prompt(processor, frames, question: str, history=(), video_turns=(0,)) -> dict:
     """An offline ``LLM.generate`` prompt for a video question (after ``history``'s turns);
     ``frames`` as in :func:`hf_inputs`."""
-    videos = list(frames) if isinstance(frames, (list, tuple)) else [frames]
+    videos = video_list(frames)
     data = [(v, video_metadata(len(v))) for v in videos]
     return {
         "prompt": prompt_text(processor, question, history, video_turns),
