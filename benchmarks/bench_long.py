@@ -25,6 +25,7 @@ runs them again). One file, ``results/long_workloads.json``, holds a flat list o
     python benchmarks/bench_long.py --visual-tokens 25600 --tasks narrate
     python benchmarks/bench_long.py --quick --engines offline serve   # and through vllm serve
     python benchmarks/bench_long.py --target DIR --sparrow-draft D1 --eagle3-draft D2   # another target
+    python benchmarks/bench_long.py --arch llava-onevision --quick   # results/long_workloads_llava-onevision.json
 
 Cells of several targets and of several drafts of one method live side by side (a cell is keyed
 by target and draft too); a draft's ratios are against the same target's cells.
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from common import dumps, hardware, portable_path  # noqa: E402
+from sparrow_vllm.families import FAMILY_NAMES  # noqa: E402
 from sparrow_vllm.world.story import LONG_TASKS, NARRATE_QUESTIONS, make_long_sample  # noqa: E402
 
 METHODS = ("none", "eagle3", "sparrow")
@@ -155,6 +157,12 @@ def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max
             "prompt_tokens": (r["usage"] or {}).get("prompt_tokens"), "finish_reason": r["finish_reason"]}
 
 
+def media_io(family) -> dict:
+    """How a server reads the written mp4s: at the target's 24 fps (Qwen2.5-VL's timing);
+    LLaVA-OV keeps 32 evenly spaced frames of a file unless told -1 (every frame)."""
+    return {"fps": 24} | ({} if family.name == "qwen2.5-vl" else {"num_frames": -1})
+
+
 def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: int, cells: list[dict],
                     args) -> list[dict]:
     """One ``vllm serve`` for ``method`` at one length (prefix caching on, vLLM's default): each
@@ -172,7 +180,7 @@ def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: i
         flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(visual_tokens + 4096),
                  "--max-num-seqs", "1", "--allowed-local-media-path", str(media),
                  "--limit-mm-per-prompt", json.dumps({"video": most_videos, "image": 1}),
-                 "--media-io-kwargs", json.dumps({"video": {"fps": 24}}),  # the target's timing
+                 "--media-io-kwargs", json.dumps({"video": media_io(family)}),
                  "--max-num-batched-tokens", str(max(8192, visual_tokens + 4096))]
         if spec_cfg:
             flags += ["--speculative-config", json.dumps(spec_cfg)]
@@ -188,6 +196,27 @@ def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: i
                 rows.append({"engine": "serve", "task": c["task"], "method": method, "visual_tokens": visual_tokens,
                              "batch": 1, "k": args.k if spec_cfg else None, **summarize(cell, c["prompts"])})
     return rows
+
+
+def allow_past_config_length(family, target: str, max_model_len: int) -> bool:
+    """50k visual tokens need a max_model_len past the embedded target's
+    ``max_position_embeddings`` (32k), which vLLM reads as a token count. Where video tokens
+    share compressed positions (Qwen2.5-VL's mRoPE: a 50k-token video spans a few hundred), the
+    positions the LM sees stay inside what it was trained on, and vLLM lets a longer
+    max_model_len through with ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``, set here for the engines this
+    run starts. False: the family gives every token its own position, past the limit."""
+    import os
+
+    config = json.loads((Path(target) / "config.json").read_text())
+    limit = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    if not limit or max_model_len <= limit:
+        return True
+    if not family.compressed_video_positions:
+        return False
+    print(f"max_model_len {max_model_len} > the target's max_position_embeddings {limit}: "
+          "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (its video positions are compressed)", flush=True)
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    return True
 
 
 def main() -> int:
@@ -210,7 +239,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="run every method's engine this many times, the methods in turn (default 1)")
     ap.add_argument("--redo", action="store_true", help="run the planned cells again even if the file holds them")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_workloads.json")
+    ap.add_argument("--arch", default="qwen2.5-vl", choices=FAMILY_NAMES, help="family of the target")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default results/long_workloads.json (qwen2.5-vl), results/long_workloads_<arch>.json")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats: at least 1")
@@ -223,8 +254,14 @@ def main() -> int:
     from sparrow_vllm.serving.defaults import default_drafts
     from sparrow_vllm.families import get_family
 
-    family = get_family("qwen2.5-vl")
+    family = get_family(args.arch)
+    args.out = args.out or ROOT / "results" / ("long_workloads.json" if args.arch == "qwen2.5-vl"
+                                               else f"long_workloads_{args.arch}.json")
     target = str(args.target or family.build_target())
+    longest = max(args.visual_tokens) + 4096
+    if not allow_past_config_length(family, target, longest):
+        ap.error(f"{max(args.visual_tokens)} visual tokens need a context of {longest} tokens, past what "
+                 f"{Path(target).name} allows ({family.name} gives every visual token its own position)")
     given = {"sparrow": args.sparrow_draft, "eagle3": args.eagle3_draft}
     wanted = [m for m in args.methods if m != "none"]
     if args.target and not all(given[m] for m in wanted):

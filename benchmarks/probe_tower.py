@@ -1,19 +1,20 @@
 """What the embedded target's vision tower tells the LM: probes on its visual tokens.
 
-Each merged visual token of SparrowWorld clips gets the labels of ``target/perception.py``
+Each visual token of SparrowWorld clips gets the labels of ``target/perception.py``
 (the identity — 3 shapes, 10 digits — and colour of the object covering it, or background).
 Probes fitted on 80% of the tokens, scored on the other 20% (object tokens only):
 
 - ``tower``: a linear probe on the tower's output tokens (what a frozen LM could read off),
 - ``tower_objects``: a linear probe on each object's tokens pooled (``object_instances``: one
-  instance per object and temporal patch), split by clip (what a question about an object needs);
-  also which way a moving object moves within its patch (scored on the moving instances),
+  instance per object and token's frames), split by clip (what a question about an object needs);
+  also which way a moving object moves within its token's frames (scored on the moving instances;
+  Qwen2.5-VL only: a LLaVA-OV token shows one frame),
 - the norms of the visual tokens against the text embeddings' (what the LM's residual stream
   starts from at each),
 - ``pixels``: a linear probe and a 1-hidden-layer MLP on the object tokens' raw pixels (28x28 px
-  x 2 frames, the processor's normalised values): how hard the question is from one token.
+  x the token's frames, standardised): how hard the question is from one token.
 
-    python benchmarks/probe_tower.py [--vision-parts PATH] [--n 400] [--name NAME]
+    python benchmarks/probe_tower.py [--arch qwen2.5-vl] [--vision-parts PATH] [--n 400] [--name NAME]
 
 Writes ``benchmarks/results/probe_tower.json`` (one row per ``--name``; default: the parts' sha256).
 Tower-only forwards and small probes: ~3 min on 2 cores for 400 clips.
@@ -49,33 +50,38 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_train: int, classes: int, hidden: i
     return round(float((pred[obj] == truth[obj]).float().mean()), 3)
 
 
-def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int = 700_000) -> dict:
+def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int = 700_000,
+          arch: str = "qwen2.5-vl") -> dict:
+    from safetensors.torch import load_file
+
     from sparrow_vllm.families import get_family
-    from sparrow_vllm.target.build import ASSETS_DIR, VISION_PARTS, file_sha256, load_vision_parts
+    from sparrow_vllm.target.build import file_sha256
     from sparrow_vllm.target.lora import without_lora
-    from sparrow_vllm.target.perception import (COLOURS, IDENTITIES, MOTIONS, object_instances, token_labels,
-                                                tower_tokens)
+    from sparrow_vllm.target.perception import CELL, COLOURS, IDENTITIES, MOTIONS, object_instances, token_labels
     from sparrow_vllm.world import make_sample
 
-    adapter = get_family("qwen2.5-vl")
-    vision_parts = Path(vision_parts or ASSETS_DIR / VISION_PARTS)
-    parts = load_vision_parts(vision_parts)
+    adapter = get_family(arch)
+    per_token = adapter.frames_per_token
+    vision_parts = Path(vision_parts or adapter.vision_parts_path())
+    parts = {k: v.float() for k, v in load_file(str(vision_parts)).items()}
     model, _, processor = adapter.build_model(without_lora(parts))
-    visual = adapter.vision_module(model)
     t0 = time.time()
     tower, pixels, ident, colour, pooled, pooled_ident, pooled_motion = [], [], [], [], [], [], []
     with torch.no_grad():
         for i in range(n):
             s = make_sample("train", split_index + i, frames)
-            inputs = adapter.hf_inputs(processor, s.frames(), s.question)
-            pv = inputs["pixel_values_videos"]
-            tower.append(tower_tokens(visual(pv, grid_thw=inputs["video_grid_thw"])))
-            weights, obj_ident, _, obj_motion = object_instances(s)
+            video = s.frames()
+            inputs = adapter.hf_inputs(processor, video, s.question)
+            tower.append(adapter.video_tokens(model, inputs))
+            weights, obj_ident, _, obj_motion = object_instances(s, frames_per_token=per_token)
             pooled.append(torch.as_tensor(weights) @ tower[-1])
             pooled_ident.append(torch.as_tensor(obj_ident))
             pooled_motion.append(torch.as_tensor(obj_motion))
-            pixels.append(pv.reshape(-1, 4 * pv.shape[1]))  # 2x2 patches of one merged token, in order
-            a, b = token_labels(s)
+            T, H, W = video.shape[:3]  # each token's cell of its frames, in the labels' order
+            cells = video.reshape(T // per_token, per_token, H // CELL, CELL, W // CELL, CELL, 3)
+            pixels.append(torch.as_tensor(cells.transpose(0, 2, 4, 1, 3, 5, 6).reshape(len(tower[-1]), -1),
+                                          dtype=torch.float32))
+            a, b = token_labels(s, frames_per_token=per_token)
             ident.append(torch.as_tensor(a))
             colour.append(torch.as_tensor(b))
     ident, colour = torch.cat(ident), torch.cat(colour)
@@ -98,7 +104,7 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     n_obj = int(obj[:n_train].sum())  # the same clips as the tower probes train on
     counts = collections.Counter(ident[ident > 0].tolist())
     out = {
-        "vision_parts": os.path.relpath(vision_parts), "vision_parts_sha256": file_sha256(vision_parts),
+        "arch": arch, "vision_parts": os.path.relpath(vision_parts), "vision_parts_sha256": file_sha256(vision_parts),
         "clips": n, "frames": frames, "object_tokens": int((ident > 0).sum()), **scale,
         "identity_majority": round(max(counts.values()) / sum(counts.values()), 3),
         "tower_linear": {"identity": _fit(tower, ident, n_train, 1 + len(IDENTITIES)),
@@ -107,7 +113,7 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
         # motion: scored on the moving instances (still is label 0, like background above)
         "tower_objects_linear": {"identity": _fit(pooled, pooled_ident + 1, n_train_objects, 1 + len(IDENTITIES)),
                                  "motion_of_moving": _fit(pooled[known], pooled_motion[known], n_train_known,
-                                                          1 + len(MOTIONS)),
+                                                          1 + len(MOTIONS)) if per_token > 1 else None,
                                  "moving": int((pooled_motion > 0).sum()),
                                  "instances": len(pooled_ident),
                                  "majority": round(max(collections.Counter(pooled_ident.tolist()).values())
@@ -121,13 +127,16 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
 
 
 def main() -> None:
+    from sparrow_vllm.families import FAMILY_NAMES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vision-parts", type=Path, default=None, help="default: the committed parts")
+    ap.add_argument("--arch", default="qwen2.5-vl", choices=FAMILY_NAMES, help="family of the embedded target")
+    ap.add_argument("--vision-parts", type=Path, default=None, help="default: the family's committed parts")
     ap.add_argument("--n", type=int, default=400, help="clips (16 frames each)")
     ap.add_argument("--name", default=None, help="row name (default: sha256 prefix of the parts)")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
-    r = probe(a.vision_parts, a.n)
+    r = probe(a.vision_parts, a.n, arch=a.arch)
     name = a.name or r["vision_parts_sha256"][:12]
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     rows[name] = r

@@ -11,15 +11,19 @@ from sparrow_vllm.world import make_sample, visual_tokens
 from sparrow_vllm.world.scene import BACKGROUND, PALETTE
 
 
-@pytest.mark.parametrize("index,frames", [(0, 16), (5, 16), (11, 32), (17, 64)])
-def test_token_labels_agree_with_the_rendered_pixels(index, frames):
+@pytest.mark.parametrize("index,frames,per_token", [(0, 16, 2), (5, 16, 2), (11, 32, 2), (17, 64, 2), (3, 16, 1), (8, 32, 1)])
+def test_token_labels_agree_with_the_rendered_pixels(index, frames, per_token):
+    """Qwen2.5-VL's layout (2 frames a token) and LLaVA-OV's (1)."""
     s = make_sample("train", index, frames)
-    ident, colour = token_labels(s)
-    assert ident.shape == colour.shape == (visual_tokens(frames),)
+    ident, colour = token_labels(s, frames_per_token=per_token)
+    assert ident.shape == colour.shape == (16 * frames // per_token,)
+    if per_token == 2:
+        assert len(ident) == visual_tokens(frames)
     assert ((ident > 0) == (colour > 0)).all() and ((ident == IGNORE) == (colour == IGNORE)).all()
     video = s.frames()
     T, H, W = video.shape[:3]
-    cells = video.reshape(T // 2, 2, H // 28, 28, W // 28, 28, 3).transpose(0, 2, 4, 1, 3, 5, 6).reshape(len(ident), -1, 3)
+    cells = video.reshape(T // per_token, per_token, H // 28, 28, W // 28, 28, 3).transpose(0, 2, 4, 1, 3, 5, 6)
+    cells = cells.reshape(len(ident), -1, 3)
     boxes = {}  # identity -> cells any object of that identity ever covers
     for o in s.scene.objects:
         x0, y0, x1, y1 = o.swept_box()
@@ -47,11 +51,44 @@ def test_perception_heads_score_object_tokens_and_check_the_layout():
         heads(torch.randn(3, 8), labels)
 
 
-def test_the_perception_loss_is_for_qwen25vl_only(tmp_path):
+def test_motion_labels_need_tokens_of_two_frames(tmp_path):
     from sparrow_vllm.target.train_vision import train_vision
 
-    with pytest.raises(ValueError, match="Qwen2.5-VL's visual token layout"):
-        train_vision(tmp_path / "run", steps=1, family="llava-onevision", perception_weight=0.3)
+    with pytest.raises(ValueError, match="shows one frame: use --perception-level object"):
+        train_vision(tmp_path / "run", steps=1, family="llava-onevision", perception_weight=0.3,
+                     perception_level="object-motion")
+    _, _, _, motion = object_instances(make_sample("train", 4, 16), frames_per_token=1)
+    assert set(motion.tolist()) <= {0, IGNORE}  # one frame: nothing moves within a token
+
+
+@pytest.mark.parametrize("arch", ["qwen2.5-vl", "llava-onevision"])
+def test_video_tokens_are_what_the_lm_reads_in_the_labels_order(arch):
+    """The adapter's tower-only tokens, the hook's tokens during a full forward and the LM's
+    input embeddings at the video's positions are one tensor, as many as the labels."""
+    from sparrow_vllm.families import get_family
+
+    adapter = get_family(arch)
+    model, _, processor = adapter.build_model(seed=0)  # a random tower: the layout, not what it learned
+    s = make_sample("train", 3, 16)
+    inputs = adapter.hf_inputs(processor, s.frames(), s.question)
+    with torch.no_grad():
+        alone = adapter.video_tokens(model, inputs)
+        sink, embeds = [None], []
+        handles = [adapter.capture_video_tokens(model, sink), model.model.language_model.register_forward_pre_hook(
+            lambda m, args, kwargs: embeds.append(kwargs["inputs_embeds"]), with_kwargs=True)]
+        model(**inputs)
+        for h in handles:
+            h.remove()
+    labels, _ = token_labels(s, frames_per_token=adapter.frames_per_token)
+    assert alone.shape == (len(labels), adapter.text_config(model.config).hidden_size)
+    torch.testing.assert_close(sink[0], alone)
+    at_video = embeds[0][0][torch.isin(inputs["input_ids"][0], torch.tensor(adapter.visual_token_ids(model.config)))]
+    torch.testing.assert_close(at_video[:len(alone)], alone)  # LLaVA-OV: then its image_newline
+    assert len(at_video) == adapter.visual_tokens(16)
+    if arch == "llava-onevision":  # the pooling is a 2x2 mean: one token is one 28 px cell
+        x = torch.randn(3, 64, 5)
+        pooled = torch.nn.functional.avg_pool2d(x.view(3, 8, 8, 5).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        torch.testing.assert_close(model.model.apply_pooling(x), pooled.reshape(3, 16, 5))
 
 
 @pytest.mark.parametrize("index,frames", [(0, 16), (5, 16), (12, 32)])
@@ -163,6 +200,9 @@ class _CellAdapter:
     def vision_module(self, model):
         return model
 
+    def video_tokens(self, model, inputs):
+        return model(inputs["pixel_values_videos"])
+
     def hf_inputs(self, processor, frames, question):
         T, H, W = frames.shape[:3]
         cells = frames.reshape(T // 2, 2, H // 28, 28, W // 28, 28, 3).transpose(0, 2, 4, 1, 3, 5, 6)
@@ -185,3 +225,27 @@ def test_the_perception_warm_up_trains_the_tower_only_when_asked(tower_lr):
     moved = any(not torch.equal(a, b) for a, b in zip(before, tower.parameters()))
     assert moved == bool(tower_lr)
     assert any(not torch.equal(a, b) for a, b in zip(heads_before, heads.parameters()))
+
+
+@pytest.mark.parametrize("arch,level", [("qwen2.5-vl", "object-motion"), ("llava-onevision", "object")])
+def test_a_perception_stage_then_an_lm_step_with_the_loss_on_both_families(tmp_path, arch, level):
+    """The stage (tower and heads on tower-only forwards), then one LM step whose perception loss
+    reads the tokens caught in the LM's own forward: both log accuracies, and the tower moves."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.target.train_vision import train_vision
+
+    out = train_vision(tmp_path / arch, steps=1, accum=1, family=arch, perception_weight=1.0, perception_steps=2,
+                       perception_batch=2, perception_level=level, perception_tower_lr=1e-3)
+    records = [json.loads(line) for line in (tmp_path / arch / "train_log.jsonl").read_text().splitlines()]
+    assert records[0]["heads_step"] == 2 and np.isfinite(records[0]["loss"])
+    lm_step = records[-1]
+    assert lm_step["step"] == 1 and 0 <= lm_step["perception_identity_acc"] <= 1
+    adapter = get_family(arch)
+    model, _, _ = adapter.build_model(seed=0)  # the seeded start the run began from
+    before = adapter.vision_parts_of(model)
+    after = load_file(str(out))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)

@@ -63,3 +63,24 @@ def test_repeats_compare_within_their_repeat_and_report_mean_and_range(report, t
     assert "| 15.0 (10.0-20.0) |" in table and "3.00 / 2.50x (2.00-3.00x) |" in table
     assert "| 0 / 1 |" not in table and "| - / 1 |" in table and report.REPEATS_NOTE in table
     assert "| 2.50x (2.00-3.00x) |" in report.long_lengths(str(path))
+
+
+@pytest.mark.parametrize("arch,allowed", [("qwen2.5-vl", True), ("llava-onevision", False)])
+def test_a_context_past_the_config_is_allowed_only_for_compressed_video_positions(report, tmp_path, monkeypatch,
+                                                                                 arch, allowed):
+    """50k visual tokens on the embedded targets (max_position_embeddings 32768): Qwen2.5-VL's
+    mRoPE keeps the positions short, LLaVA-OV's plain positions would run past the trained ones."""
+    import bench_long
+
+    from sparrow_vllm.families import get_family
+
+    import os
+
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0")  # restored after the test
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 32768}}))
+    family = get_family(arch)
+    assert bench_long.allow_past_config_length(family, str(tmp_path), 29696)  # within: nothing to allow
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" not in os.environ
+    assert bench_long.allow_past_config_length(family, str(tmp_path), 55296) == allowed
+    assert ("VLLM_ALLOW_LONG_MAX_MODEL_LEN" in os.environ) == allowed

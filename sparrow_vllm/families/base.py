@@ -25,6 +25,9 @@ class FamilyAdapter:
     name: str = ""  # CLI name: ``sparrow build-target --arch NAME``
     architectures: tuple[str, ...] = ()  # HF / vLLM architecture names it serves
     embedded_target: str = ""  # name of our embedded small target of this family
+    # Video tokens share compressed positions (mRoPE: a 25k-token video spans a few hundred), so
+    # a long video leaves the text near its trained positions; else every token has its own.
+    compressed_video_positions: bool = False
 
     # ---- model structure (HF config) ---------------------------------------------------
     def text_config(self, config):
@@ -126,6 +129,20 @@ class FamilyAdapter:
 
     def vision_parts_of(self, model) -> dict[str, torch.Tensor]:
         """The trained parts to commit under ``assets/<embedded_target>/``."""
+        raise NotImplementedError
+
+    # What ``target/perception.py`` labels: one visual token per (frames_per_token frames, 28 px
+    # row, 28 px column) of the embedded target's 112 px frames.
+    frames_per_token: int = 1
+
+    def video_tokens(self, model, inputs) -> torch.Tensor:
+        """``[N, hidden]``: the LM embeddings the vision parts make of ``inputs``' one video, in
+        the order of ``target/perception.py``'s labels (separators left out); a tower-only forward."""
+        raise NotImplementedError
+
+    def capture_video_tokens(self, model, sink: list):
+        """A forward hook that puts :meth:`video_tokens`' tensor of each video the model embeds
+        in ``sink[0]`` (what the LM reads, in the graph of its loss); returns the hook's handle."""
         raise NotImplementedError
 
     def build_target(self, out_dir: Path | None = None, force: bool = False,

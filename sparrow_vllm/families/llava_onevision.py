@@ -97,6 +97,23 @@ class LlavaOneVisionAdapter(FamilyAdapter):
 
         return vision_parts_of(model)
 
+    # frames_per_token: the base's 1 (each frame's 8x8 patches pooled 2x2 to 4x4 tokens)
+
+    def video_tokens(self, model, inputs) -> torch.Tensor:
+        """Every frame's 16 tokens, the video's closing ``image_newline`` left out."""
+        feats = model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output
+        return feats[:, :-1].reshape(-1, feats.shape[-1])
+
+    def capture_video_tokens(self, model, sink: list):
+        """On the projector: its output per frame, pooled as the model pools it (images too go
+        through the projector; the vision training clips are videos)."""
+        inner = model.model
+
+        def hook(module, args, out):
+            sink[0] = inner.apply_pooling(out).reshape(-1, out.shape[-1])
+
+        return inner.multi_modal_projector.register_forward_hook(hook)
+
     def build_target(self, out_dir: Path | None = None, force: bool = False,
                      vision_parts: Path | None = None) -> Path:
         from sparrow_vllm.target.llava_onevision import build_target

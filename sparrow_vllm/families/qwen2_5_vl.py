@@ -17,6 +17,7 @@ class Qwen25VLAdapter(FamilyAdapter):
     name = "qwen2.5-vl"
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
     embedded_target = "sparrow-qwen25vl-smollm2"
+    compressed_video_positions = True
 
     def load_hf(self, target_dir, dtype=torch.float32):
         from sparrow_vllm.target.build import load_hf_target
@@ -92,6 +93,18 @@ class Qwen25VLAdapter(FamilyAdapter):
         from sparrow_vllm.target.build import vision_parts_of
 
         return vision_parts_of(model)
+
+    frames_per_token = 2  # the tower's temporal patch
+
+    def video_tokens(self, model, inputs) -> torch.Tensor:
+        from sparrow_vllm.target.perception import tower_tokens
+
+        return tower_tokens(model.model.visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]))
+
+    def capture_video_tokens(self, model, sink: list):
+        from sparrow_vllm.target.perception import tower_tokens
+
+        return model.model.visual.register_forward_hook(lambda m, args, out: sink.__setitem__(0, tower_tokens(out)))
 
     def build_target(self, out_dir: Path | None = None, force: bool = False,
                      vision_parts: Path | None = None) -> Path:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparrow_vllm.target.perception import MIN_OBJECT, _tracked, token_cover
+from sparrow_vllm.target.perception import FRAMES_PER_TOKEN, MIN_OBJECT, _tracked, token_cover
 
 
 def subject_tokens(sample, min_cover: float = MIN_OBJECT) -> np.ndarray | None:
@@ -34,7 +34,7 @@ def subject_tokens(sample, min_cover: float = MIN_OBJECT) -> np.ndarray | None:
     (or one never visible at this length)."""
     if sample.subject is None:
         return None
-    tokens = token_cover(sample, sample.subject, _tracked(sample)[3]).reshape(-1) >= min_cover
+    tokens = token_cover(sample, sample.subject, _tracked(sample, FRAMES_PER_TOKEN)[3]).reshape(-1) >= min_cover
     return tokens if tokens.any() else None
 
 

@@ -15,8 +15,11 @@ and a perception stage on that (tower only, ``--perception-tower-lr``) took iden
 which way each object moves between the two frames of its patch (``ObjectHeads(motion=True)``;
 docs/target.md E).
 
-Token layout: Qwen2.5-VL's merger emits one token per (temporal patch, 28 px row, 28 px
-column) in that order (the processor's patch order, restored after window attention).
+Token layout (``FamilyAdapter.video_tokens`` gives the tokens in this order, separators left
+out): one token per (group of ``frames_per_token`` frames, 28 px row, 28 px column). Qwen2.5-VL's
+merger emits one per temporal patch of 2 frames (the processor's patch order, restored after
+window attention); LLaVA-OneVision's 2x2 pooling of its 14 px patches, one per frame (its
+bilinear halving is a 2x2 mean). Motion within a token needs 2 frames or more.
 """
 
 from __future__ import annotations
@@ -30,19 +33,20 @@ from sparrow_vllm.world.scene import COLOURS, DIGITS, DIRECTIONS, SHAPES, _mask
 IDENTITIES = SHAPES + DIGITS
 MOTIONS = tuple(DIRECTIONS.values())  # (dx, dy) in image axes, in DIRECTIONS' order
 STILL_WEIGHT = 0.1  # of a still instance in the motion loss, against 1 for a moving one
-CELL = 28  # px of one merged token (14 px patches, 2x2 merge)
-FRAMES_PER_TOKEN = 2
+CELL = 28  # px of one merged token (14 px patches, 2x2 merge or pooling)
+FRAMES_PER_TOKEN = 2  # Qwen2.5-VL's temporal patch (the adapters' ``frames_per_token``)
 IGNORE = -100
 # A token is background below MIN_BG of its pixels covered, an object from MIN_OBJECT on;
 # in between (a sliver of an object) it is not scored.
 MIN_BG, MIN_OBJECT = 0.02, 0.15
 
 
-def _tracked(sample) -> tuple[int, int, int, dict]:
+def _tracked(sample, frames_per_token: int) -> tuple[int, int, int, dict]:
     """``(T, H, W, track)`` of a sample whose frames tile into merged visual tokens."""
     T, H, W = sample.num_frames, sample.height, sample.width
-    if T % FRAMES_PER_TOKEN or H % CELL or W % CELL:
-        raise ValueError(f"frames {T}x{H}x{W}: need an even count and sides that are multiples of {CELL}")
+    if T % frames_per_token or H % CELL or W % CELL:
+        raise ValueError(f"frames {T}x{H}x{W}: need a multiple of {frames_per_token} frames and sides that are "
+                         f"multiples of {CELL}")
     return T, H, W, sample.scene.track(T, H, W)
 
 
@@ -57,19 +61,19 @@ def _object_pixels(obj, k: int, track: dict, T: int, H: int, W: int) -> np.ndarr
     return pixels
 
 
-def token_cover(sample, k: int, track: dict) -> np.ndarray:
-    """Float [temporal patches, rows, cols]: the share of each merged token's pixels (28x28 px x
-    2 frames) object ``k`` of ``sample`` covers (``track``: ``_tracked(sample)``'s)."""
+def token_cover(sample, k: int, track: dict, frames_per_token: int = FRAMES_PER_TOKEN) -> np.ndarray:
+    """Float [frame groups, rows, cols]: the share of each merged token's pixels (28x28 px x
+    ``frames_per_token`` frames) object ``k`` of ``sample`` covers (``track``: ``_tracked``'s)."""
     T, H, W = sample.num_frames, sample.height, sample.width
     cover = _object_pixels(sample.scene.objects[k], k, track, T, H, W).astype(np.float32)
-    return cover.reshape(T // FRAMES_PER_TOKEN, FRAMES_PER_TOKEN, H // CELL, CELL, W // CELL, CELL).mean((1, 3, 5))
+    return cover.reshape(T // frames_per_token, frames_per_token, H // CELL, CELL, W // CELL, CELL).mean((1, 3, 5))
 
 
-def token_labels(sample) -> tuple[np.ndarray, np.ndarray]:
+def token_labels(sample, frames_per_token: int = FRAMES_PER_TOKEN) -> tuple[np.ndarray, np.ndarray]:
     """``(identity, colour)`` int64 arrays, one entry per merged visual token of ``sample``
-    (Qwen2.5-VL layout): 0 background, ``1 + IDENTITIES.index`` / ``1 + COLOURS.index`` for
+    (the layout above): 0 background, ``1 + IDENTITIES.index`` / ``1 + COLOURS.index`` for
     the object covering most of the token, ``IGNORE`` for a sliver."""
-    T, H, W, track = _tracked(sample)
+    T, H, W, track = _tracked(sample, frames_per_token)
     ident = np.zeros((T, H, W), np.int64)
     colour = np.zeros((T, H, W), np.int64)
     for k, o in enumerate(sample.scene.objects):
@@ -78,8 +82,8 @@ def token_labels(sample) -> tuple[np.ndarray, np.ndarray]:
         colour[pixels] = np.broadcast_to((1 + track["colour"][:, k])[:, None, None], pixels.shape)[pixels]
 
     def per_token(labels: np.ndarray, classes: int) -> np.ndarray:
-        steps = T // FRAMES_PER_TOKEN
-        cells = labels.reshape(steps, FRAMES_PER_TOKEN, H // CELL, CELL, W // CELL, CELL).transpose(0, 2, 4, 1, 3, 5)
+        steps = T // frames_per_token
+        cells = labels.reshape(steps, frames_per_token, H // CELL, CELL, W // CELL, CELL).transpose(0, 2, 4, 1, 3, 5)
         cells = cells.reshape(steps, H // CELL, W // CELL, -1)
         counts = np.stack([(cells == c).sum(-1) for c in range(1, classes + 1)], -1)
         covered = counts.sum(-1) / cells.shape[-1]
@@ -103,20 +107,22 @@ def _motion(track: dict, k: int, frames: slice) -> int:
     return 1 + MOTIONS.index((dx, dy)) if (dx, dy) in MOTIONS else IGNORE
 
 
-def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Objects as the LM needs them: one instance per (object, temporal patch) in which at
+def object_instances(sample, min_cover: float = 0.5, frames_per_token: int = FRAMES_PER_TOKEN
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Objects as the LM needs them: one instance per (object, frame group) in which at
     least ``min_cover`` of a token's worth of the object is visible. Returns ``(weights,
     identity, colour, motion)``: ``weights`` [instances, tokens] float32, each row the share of
     every merged token's pixels the object covers, normalised to sum 1 (the pooling an
     object-level head reads); ``identity`` / ``colour`` [instances] int64, ``IDENTITIES`` /
     ``COLOURS`` indices (colour ``IGNORE`` where it changes within the patch); ``motion``
-    [instances] int64, 0 still or ``1 + MOTIONS.index`` the way it moves between the patch's two
-    frames (``IGNORE`` if it is not in both), which the tower sees: the two frames are one patch."""
-    T, H, W, track = _tracked(sample)
-    steps, rows, cols = T // FRAMES_PER_TOKEN, H // CELL, W // CELL
+    [instances] int64, 0 still or ``1 + MOTIONS.index`` the way it moves between the group's
+    first and last frame (``IGNORE`` if it is not in all), which the tower sees when the frames
+    are one patch (one frame a token: always 0)."""
+    T, H, W, track = _tracked(sample, frames_per_token)
+    steps, rows, cols = T // frames_per_token, H // CELL, W // CELL
     weights, ident, colour, motion = [], [], [], []
     for k, o in enumerate(sample.scene.objects):
-        cells = token_cover(sample, k, track)
+        cells = token_cover(sample, k, track, frames_per_token)
         for t in range(steps):
             if cells[t].sum() < min_cover:
                 continue
@@ -124,7 +130,7 @@ def object_instances(sample, min_cover: float = 0.5) -> tuple[np.ndarray, np.nda
             w[t] = cells[t] / cells[t].sum()
             weights.append(w.reshape(-1))
             ident.append(IDENTITIES.index(o.label))
-            frames = slice(t * FRAMES_PER_TOKEN, (t + 1) * FRAMES_PER_TOKEN)
+            frames = slice(t * frames_per_token, (t + 1) * frames_per_token)
             c = track["colour"][frames, k]
             colour.append(int(c[0]) if (c == c[0]).all() else IGNORE)
             motion.append(_motion(track, k, frames))
@@ -155,7 +161,8 @@ class ObjectHeads(nn.Module):
         nan without any)."""
         weights, ident, colour, motion = (torch.as_tensor(x, device=tokens.device) for x in instances)
         if tokens.shape[0] != weights.shape[1]:
-            raise ValueError(f"{tokens.shape[0]} visual tokens, {weights.shape[1]} in the instances: not a Qwen2.5-VL layout?")
+            raise ValueError(f"{tokens.shape[0]} visual tokens, {weights.shape[1]} in the instances: labels of another "
+                             "family's layout (frames_per_token)?")
         nan = torch.tensor(float("nan"))
         if not len(ident):  # nothing to classify; a zero tied to the heads and the tokens, so
             # backward() works on any clip whether or not the tower is trained
@@ -197,7 +204,8 @@ class PerceptionHeads(nn.Module):
         """Cross-entropies and accuracies on the object tokens (background included in the loss)."""
         ident, colour = (torch.as_tensor(x, device=tokens.device) for x in labels)
         if tokens.shape[0] != ident.shape[0]:
-            raise ValueError(f"{tokens.shape[0]} visual tokens, {ident.shape[0]} labels: not a Qwen2.5-VL layout?")
+            raise ValueError(f"{tokens.shape[0]} visual tokens, {ident.shape[0]} labels: labels of another family's "
+                             "layout (frames_per_token)?")
         tokens = self.norm(tokens)
         li, lc = self.identity(tokens), self.colour(tokens)
         obj = ident > 0
@@ -242,7 +250,7 @@ def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int,
             sample = sample_at(step, i)
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question)
             with torch.set_grad_enabled(bool(tower)):
-                tokens = tower_tokens(visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]))
+                tokens = adapter.video_tokens(model, inputs)
             out = heads(tokens, labels_of(sample))
             (out["loss"] / batch).backward()
             window.append({k: float(v.detach()) for k, v in out.items()})

@@ -20,6 +20,7 @@ longer, at the short clip's cost: a real 4k-token step costs 50x a 128-token one
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -171,7 +172,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     object's tokens pooled, ``perception.object_instances``) or ``object-motion`` (and a head for
     the way it moves within the patch); ``perception_tower_lr`` > 0: train
     the tower (and merger) during those ``perception_steps`` too, at this learning rate (a
-    perception stage before the LM stage; with ``steps`` 0, that stage alone). Qwen2.5-VL only.
+    perception stage before the LM stage; with ``steps`` 0, that stage alone). ``object-motion``
+    needs tokens of 2 frames or more (Qwen2.5-VL; a LLaVA-OV token shows one frame).
     ``snapshot_every``: also write the parts every this many LM steps, as
     ``vision_parts-step<N>.safetensors`` (a few MB each; ``build-target --vision-parts`` reads
     them), to measure answers along the run without pausing it (0: only the final parts).
@@ -193,8 +195,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    if (perception_weight or perception_steps) and adapter.name != "qwen2.5-vl":
-        raise ValueError("the perception loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
+    if (perception_weight or perception_steps) and perception_level == "object-motion" and adapter.frames_per_token < 2:
+        raise ValueError(f"perception level object-motion reads motion within a visual token; a {adapter.name} token "
+                         "shows one frame: use --perception-level object")
     if steps < 0 or (steps == 0 and not perception_tower_lr):
         raise ValueError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
     if perception_tower_lr and not perception_steps:
@@ -210,9 +213,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError(f"long_share must be in [0, 1], got {long_share}")
     if simulate_positions and not simulate_tokens:
         raise ValueError("simulate_positions stretches a simulated length: give simulate_tokens")
-    if simulate_positions and adapter.name == "qwen2.5-vl":
-        raise ValueError("simulate_positions is for plain 1-D positions; Qwen2.5-VL's mRoPE keeps a video's text "
-                         "positions close")
+    if simulate_positions and adapter.compressed_video_positions:
+        raise ValueError(f"simulate_positions is for plain 1-D positions; {adapter.name}'s video positions are "
+                         "compressed, so a video's text positions stay close")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
@@ -271,9 +274,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         else:
             heads = perception.ObjectHeads(hidden, motion=perception_level == "object-motion")
             labels_of = perception.object_instances
-        tower_tokens = perception.tower_tokens
+        labels_of = functools.partial(labels_of, frames_per_token=adapter.frames_per_token)
         groups.append({"params": list(heads.parameters()), "lr": lr})
-        visual.register_forward_hook(lambda module, args, output: captured.__setitem__(0, tower_tokens(output)))
+        adapter.capture_video_tokens(model, captured)
     visual_ids = torch.tensor(adapter.visual_token_ids(model.config))
     grounding = None
     if grounding_weight:
