@@ -57,7 +57,8 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.build import file_sha256
     from sparrow_vllm.target.lora import without_lora
-    from sparrow_vllm.target.perception import CELL, COLOURS, IDENTITIES, MOTIONS, object_instances, token_labels
+    from sparrow_vllm.target.perception import (COLOURS, IDENTITIES, MOTIONS, object_instances, token_cells,
+                                                token_labels)
     from sparrow_vllm.world import make_sample
 
     adapter = get_family(arch)
@@ -77,9 +78,7 @@ def probe(vision_parts: Path | None, n: int, frames: int = 16, split_index: int 
             pooled.append(torch.as_tensor(weights) @ tower[-1])
             pooled_ident.append(torch.as_tensor(obj_ident))
             pooled_motion.append(torch.as_tensor(obj_motion))
-            T, H, W = video.shape[:3]  # each token's cell of its frames, in the labels' order
-            cells = video.reshape(T // per_token, per_token, H // CELL, CELL, W // CELL, CELL, 3)
-            pixels.append(torch.as_tensor(cells.transpose(0, 2, 4, 1, 3, 5, 6).reshape(len(tower[-1]), -1),
+            pixels.append(torch.as_tensor(token_cells(video, per_token).reshape(len(tower[-1]), -1),
                                           dtype=torch.float32))
             a, b = token_labels(s, frames_per_token=per_token)
             ident.append(torch.as_tensor(a))

@@ -147,8 +147,8 @@ def check_draft_length(draft: dict, draft_dir, max_model_len: int | None) -> Non
     the way: say so at start-up rather than serve without speculation."""
     limits = [c["max_position_embeddings"] for c in (draft, draft.get("transformer_layer_config") or {})
               if _is_int(c.get("max_position_embeddings"))]
-    if max_model_len and limits and max_model_len > min(limits):
-        limit = min(limits)
+    limit = min(limits, default=None)
+    if max_model_len and limit and max_model_len > limit:
         raise SparrowConfigError(
             f"Sparrow draft {draft_dir} is configured for {limit} tokens (max_position_embeddings), under the "
             f"engine's max_model_len {max_model_len}: past {limit} vLLM drops its drafts. Serve with "

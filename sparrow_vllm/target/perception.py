@@ -50,6 +50,15 @@ def _tracked(sample, frames_per_token: int) -> tuple[int, int, int, dict]:
     return T, H, W, sample.scene.track(T, H, W)
 
 
+def token_cells(frames: np.ndarray, frames_per_token: int) -> np.ndarray:
+    """``[tokens, frames_per_token * CELL * CELL, ...]``: the pixels of each visual token of
+    ``frames [T, H, W, ...]``, the tokens in the layout's order."""
+    T, H, W, rest = *frames.shape[:3], frames.shape[3:]
+    cells = frames.reshape(T // frames_per_token, frames_per_token, H // CELL, CELL, W // CELL, CELL, *rest)
+    cells = cells.transpose(0, 2, 4, 1, 3, 5, *range(6, 6 + len(rest)))
+    return cells.reshape((T // frames_per_token) * (H // CELL) * (W // CELL), -1, *rest)
+
+
 def _object_pixels(obj, k: int, track: dict, T: int, H: int, W: int) -> np.ndarray:
     """Bool [T, H, W]: the pixels object ``k`` paints in each frame."""
     size = obj.size_px(H, W)
@@ -82,9 +91,7 @@ def token_labels(sample, frames_per_token: int = FRAMES_PER_TOKEN) -> tuple[np.n
         colour[pixels] = np.broadcast_to((1 + track["colour"][:, k])[:, None, None], pixels.shape)[pixels]
 
     def per_token(labels: np.ndarray, classes: int) -> np.ndarray:
-        steps = T // frames_per_token
-        cells = labels.reshape(steps, frames_per_token, H // CELL, CELL, W // CELL, CELL).transpose(0, 2, 4, 1, 3, 5)
-        cells = cells.reshape(steps, H // CELL, W // CELL, -1)
+        cells = token_cells(labels, frames_per_token)
         counts = np.stack([(cells == c).sum(-1) for c in range(1, classes + 1)], -1)
         covered = counts.sum(-1) / cells.shape[-1]
         out = 1 + counts.argmax(-1)
