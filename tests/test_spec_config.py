@@ -357,13 +357,3 @@ def test_draft_whose_weights_disagree_with_its_config_is_one_clear_error(tmp_pat
     msg = str(e.value)
     assert "do not match its config.json" in msg and "midlayer.mlp.down_proj.weight: file [" in msg, msg
     assert "config [" in msg and "48" in msg and "\n" not in msg
-
-
-def test_a_draft_configured_shorter_than_the_engine_is_refused(tmp_path, target):
-    """vLLM caps a draft at its config's max_position_embeddings: past it no draft is accepted."""
-    t, tmc = target
-    d = _draft(tmp_path, t)
-    limit = json.loads((d / "config.json").read_text())["transformer_layer_config"]["max_position_embeddings"]
-    translate({"method": "sparrow", "model": str(d)}, SimpleNamespace(**vars(tmc), max_model_len=limit))
-    with pytest.raises(SparrowConfigError, match=f"configured for {limit} tokens .*--max-model-len {limit}"):
-        translate({"method": "sparrow", "model": str(d)}, SimpleNamespace(**vars(tmc), max_model_len=limit + 1))

@@ -252,6 +252,24 @@ def test_a_target_run_writes_snapshots_of_its_parts(tmp_path):
                         grounding_layer=4, grounding_head=1)
 
 
+def test_a_target_run_stops_at_a_step_of_its_schedule_and_resumes(tmp_path):
+    """--stop-at N: N steps of the --steps schedule (its learning rate at N), parts written and
+    checkpointed; the same call without it runs the rest."""
+    from sparrow_vllm.target import train_vision as tv
+
+    with pytest.raises(ValueError, match=r"stop_at must be in \[0, steps=2\]"):
+        tv.train_vision(tmp_path / "bad", steps=2, stop_at=3)
+    opts = dict(steps=3, accum=1, simulate_tokens=0, log_every=1)
+    tv.train_vision(tmp_path / "run", stop_at=1, **opts)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 1
+    tv.train_vision(tmp_path / "run", **opts)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert log[0]["lr"] > log[2]["lr"]  # one cosine schedule of 3 steps across both calls
+
+
 def test_eval_target_sizes_its_kv_cache_by_the_run(target_dir):
     """eval-target asks vLLM for the KV cache its run can fill (SmolLM2: 30 layers x 3 KV heads x
     64 dims x k,v x fp32 = 46,080 bytes a token), in whole GiB, between 1 and 4."""

@@ -104,6 +104,32 @@ def test_sampling_runs_through_vllm_rejection_sampler(target_dir, sparrow_draft,
     assert [o["token_ids"] for o in got["outputs"]] != greedy
 
 
+def test_a_draft_configured_shorter_than_the_video_still_drafts(target_dir, sparrow_draft, tmp_path):
+    """vLLM stops drafting once a sequence outgrows the draft config's max_position_embeddings
+    (tau 1.00 at 51,200 tokens with drafts configured for 32,768). A Sparrow draft reads text
+    positions only (vllm_compat patch 4): configured for 512 tokens it proposes on ~1,100-token
+    prompts what its own config proposes; configured for 48, fewer than a request's text, its
+    RoPE positions stop at 47 and it still drafts, lossless."""
+    idx = [i for i, p in enumerate(PROMPTS) if p.get("frames") == 128][:4]
+    prompts = [PROMPTS[i] for i in idx]
+    ref = _run(target_dir, prompts=prompts)
+    base = _run(target_dir, sparrow_draft, prompts=prompts)
+    for limit in (512, 48):
+        draft = tmp_path / f"draft-{limit}"
+        draft.mkdir()
+        for f in sparrow_draft.iterdir():
+            if f.name != "config.json":
+                (draft / f.name).symlink_to(f.resolve())
+        cfg = json.loads((sparrow_draft / "config.json").read_text())
+        cfg["transformer_layer_config"]["max_position_embeddings"] = limit
+        (draft / "config.json").write_text(json.dumps(cfg))
+        got = _run(target_dir, draft, prompts=prompts)
+        _assert_identical(ref, got)
+        assert got["spec"]["num_drafts"] > 0, (limit, got["spec"])
+        if limit == 512:
+            assert got["spec"] == base["spec"], (got["spec"], base["spec"])
+
+
 def test_prefill_chunks_of_video_only(target_dir, sparrow_draft):
     """One request at a time with 128-token chunks: most prefill steps hold no text token at
     all (the draft has nothing to read; vLLM discards drafts of partial prefills)."""

@@ -140,22 +140,6 @@ def check_family(target_hf_config) -> None:
         raise SparrowConfigError(str(e)) from None
 
 
-def check_draft_length(draft: dict, draft_dir, max_model_len: int | None) -> None:
-    """vLLM caps a draft's max_model_len at its config's ``max_position_embeddings``, and past
-    that no draft is accepted (measured: tau 1.00 at 51,200 tokens with a draft configured for
-    32,768). A Sparrow draft's RoPE positions are text indices, so only that number stands in
-    the way: say so at start-up rather than serve without speculation."""
-    limits = [c["max_position_embeddings"] for c in (draft, draft.get("transformer_layer_config") or {})
-              if _is_int(c.get("max_position_embeddings"))]
-    limit = min(limits, default=None)
-    if max_model_len and limit and max_model_len > limit:
-        raise SparrowConfigError(
-            f"Sparrow draft {draft_dir} is configured for {limit} tokens (max_position_embeddings), under the "
-            f"engine's max_model_len {max_model_len}: past {limit} vLLM drops its drafts. Serve with "
-            f"--max-model-len {limit}, or raise max_position_embeddings in {draft_dir}/config.json (the draft's "
-            "positions are text indices).")
-
-
 def check_draft_matches_target(draft: dict, draft_dir, target_hf_config) -> None:
     text = _text_config(target_hf_config)
     sp = draft["sparrow"]
@@ -212,7 +196,6 @@ def translate(user: dict, target_model_config) -> tuple[dict, SparrowDraftConfig
     draft_dir = Path(model) if model else default_draft_for(target_model_config.model)
     draft = read_draft_config(draft_dir)
     check_draft_matches_target(draft, draft_dir, target_model_config.hf_config)
-    check_draft_length(draft, draft_dir, getattr(target_model_config, "max_model_len", None))
     check_draft_weights(draft_dir)
     cfg["model"] = str(draft_dir)
     k = cfg.get("num_speculative_tokens")

@@ -43,6 +43,10 @@ class SparrowProposer(EagleProposer):
             raise RuntimeError("sparrow-vllm: the engine's speculative config carries no Sparrow "
                                "config (vllm_compat patch 2 did not run)")
         self.window_size = self.config.window_size
+        # RoPE range of the draft (its config's max_position_embeddings): a text index past it
+        # (a request with more text tokens than the draft was configured for) takes the last
+        # position, so the draft keeps running where vLLM would index past its RoPE table.
+        self._max_position = int(getattr(self.draft_model_config.hf_config, "max_position_embeddings", 0) or 0)
         self._requests: dict[str, RequestText] = {}
         # SPARROW_DEBUG_DUMP=file: append the draft inputs of every step as JSON lines
         # (tests use it to check that no visual position ever reaches the draft).
@@ -275,6 +279,8 @@ class SparrowProposer(EagleProposer):
                                     "partial": bool(partial[r])}) + "\n")
 
     def _run(self, input_ids, positions, hidden, ctx):
+        if self._max_position:
+            positions = positions.clamp(max=self._max_position - 1)
         with set_forward_context(None, self.vllm_config, num_tokens=int(input_ids.shape[0])), \
                 text_window_context(ctx):
             return self.model(input_ids=input_ids, positions=positions, hidden_states=hidden)

@@ -16,7 +16,11 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
    (a bare word, not JSON) and ``--spec-method sparrow`` parse.
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
    base): uses ``SparrowProposer`` as the runner's ``EagleProposer`` when the engine runs
-   Sparrow (its speculative config carries a Sparrow config, patch 2).
+   Sparrow (its speculative config carries a Sparrow config, patch 2), and lifts the runner's
+   ``effective_drafter_max_model_len`` to the engine's ``max_model_len``: vLLM skips the
+   drafter once a sequence outgrows the draft config's ``max_position_embeddings``
+   (``GPUModelRunner._input_fits_in_drafter``), but a Sparrow draft reads text positions
+   only, its RoPE positions are text indices (the proposer keeps them in the draft's range).
 5. ``vllm.multimodal.media.connector.MediaConnector._load_file_url`` / ``_load_data_url``:
    a video the server cannot open or decode (missing file, one frame, an image sent as a
    video) is the client's mistake: a 400 with the cause, where vLLM 0.32 answers 500.
@@ -265,6 +269,11 @@ def _patch_model_runner(module) -> None:
         if not isinstance(getattr(self, "drafter", None), SparrowProposer):
             raise VLLMInternalsChanged("sparrow-vllm: GPUModelRunner did not build its drafter in "
                                        "__init__; this vLLM build is not supported.")
+        if not hasattr(self, "effective_drafter_max_model_len"):
+            raise VLLMInternalsChanged("sparrow-vllm: GPUModelRunner has no effective_drafter_max_model_len; "
+                                       "this vLLM build is not supported.")
+        # The sequence length, video included, is not the draft's input length (patch 4 above).
+        self.effective_drafter_max_model_len = self.max_model_len
         _time_drafter(self)
         _time_steps(self)
         return result

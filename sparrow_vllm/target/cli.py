@@ -74,6 +74,9 @@ def add_parser(subparsers) -> None:
                    help="train on up to this many questions about each clip in one forward: its own and one of "
                         "each other kind its scene answers, each seeing only the video (target/packing.py)")
     t.add_argument("--log-every", type=int, default=25, help="log (and checkpoint) every this many steps")
+    t.add_argument("--stop-at", type=int, default=0,
+                   help="stop after this step of the --steps schedule (checkpointed: the same command without "
+                        "it resumes; 0: all steps)")
     t.add_argument("--long-share", type=float, default=0.0,
                    help="this share of the clips are turns of the long tasks instead (narrate, chat, stream over "
                         "64-128-frame stories, earlier turns teacher-forced; world/story.py)")
@@ -148,7 +151,8 @@ def run_train(args) -> int:
                        snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
                        grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
                        questions_per_clip=args.questions_per_clip, long_share=args.long_share,
-                       long_all_turns=args.long_all_turns, simulate_positions=args.simulate_positions))
+                       long_all_turns=args.long_all_turns, simulate_positions=args.simulate_positions,
+                       stop_at=args.stop_at))
     return 0
 
 

@@ -156,7 +156,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  perception_level: str = "token", perception_tower_lr: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
                  grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0,
-                 long_all_turns: bool = False, simulate_positions: bool = False) -> Path:
+                 long_all_turns: bool = False, simulate_positions: bool = False, stop_at: int = 0) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off);
@@ -174,6 +174,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     the tower (and merger) during those ``perception_steps`` too, at this learning rate (a
     perception stage before the LM stage; with ``steps`` 0, that stage alone). ``object-motion``
     needs tokens of 2 frames or more (Qwen2.5-VL; a LLaVA-OV token shows one frame).
+    ``stop_at``: stop after this LM step of the ``steps``-step schedule (its learning rate where
+    that schedule has it; checkpointed, so the same call without it resumes; 0: run them all).
     ``snapshot_every``: also write the parts every this many LM steps, as
     ``vision_parts-step<N>.safetensors`` (a few MB each; ``build-target --vision-parts`` reads
     them), to measure answers along the run without pausing it (0: only the final parts).
@@ -216,6 +218,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     if simulate_positions and adapter.compressed_video_positions:
         raise ValueError(f"simulate_positions is for plain 1-D positions; {adapter.name}'s video positions are "
                          "compressed, so a video's text positions stay close")
+    if not 0 <= stop_at <= steps:
+        raise ValueError(f"stop_at must be in [0, steps={steps}], got {stop_at}")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
@@ -326,7 +330,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     running, by_length, seen, grounded = [], {"real": [], "simulated": [], "long": []}, [], []
     t0 = time.time()
     _grounding[0] = grounding
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc="train vision"):
+    for step in tqdm(range(start, stop_at or steps), initial=start, total=steps, desc="train vision"):
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(accum):
@@ -371,7 +375,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         opt.step()
         sched.step()
         running.append(loss_sum)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if (step + 1) % log_every == 0 or step + 1 in (steps, stop_at):
             rec = {"step": step + 1, "loss": sum(running) / len(running), "lr": sched.get_last_lr()[0],
                    "elapsed_s": round(time.time() - t0, 1)}
             if simulate_tokens or long_share:
