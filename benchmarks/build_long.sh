@@ -5,19 +5,13 @@
 # time (~3.5 h on 2 CPU cores: ~67 min of target, ~45 + ~25 min of data, ~11 min a Sparrow
 # draft, ~20 min the EAGLE-3 one):
 #   bash benchmarks/build_long.sh            # make setup first
-# Every step resumes: a finished step is skipped (runs/long/build/<step>.done), and the target
+# Every step resumes: a finished step is skipped (runs/long/build/<step>.done; benchmarks/steps.sh), and the target
 # and draft trainings continue from their checkpoints. A step's log is runs/long/build/<step>.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=.venv/bin/sparrow; T=runs/target-long-all/target200; R=runs/long; B=$R/build
 mkdir -p "$B"
-step() {  # step NAME CMD...: run CMD once, its output in $B/NAME.log
-  local name=$1; shift
-  [ -f "$B/$name.done" ] && { echo "[$(date +%H:%M:%S)] $name: done before, skipped"; return; }
-  echo "[$(date +%H:%M:%S)] $name"
-  "$@" > "$B/$name.log" 2>&1
-  touch "$B/$name.done"
-}
+STEPS_DIR=$B; source benchmarks/steps.sh
 # The target: 200 steps of a 400-step schedule (learning rate at half its peak there).
 step target-train "$S" train-target --out runs/target-long-all --steps 400 --stop-at 200 --accum 4 --lr 5e-4 \
   --seed 17 --lora-rank 16 --lora-lr 1e-3 --perception-level object-motion --perception-steps 50 \

@@ -16,13 +16,7 @@ for v in 1k 4k 25k; do
   [ -f "$D/test$v/manifest.json" ] || { echo "no $D/test$v: run sparrow_vllm/draft/rebuild_defaults.sh first" >&2; exit 2; }
 done
 mkdir -p "$R"
-step() {  # step NAME CMD...: run CMD once, its output in $R/NAME.log
-  local name=$1; shift
-  [ -f "$R/$name.done" ] && { echo "[$(date +%H:%M:%S)] $name: done before, skipped"; return; }
-  echo "[$(date +%H:%M:%S)] $name"
-  "$@" > "$R/$name.log" 2>&1
-  touch "$R/$name.done"
-}
+STEPS_DIR=$R; source benchmarks/steps.sh
 step target-128 "$S" eval-target --n 200 --frames 16
 step target-1k "$S" eval-target --n 100 --frames 128
 step target-long "$S" eval-target --from-data "$D/test4k" "$D/test25k"
