@@ -107,8 +107,8 @@ def test_sampling_runs_through_vllm_rejection_sampler(target_dir, sparrow_draft,
 def test_a_draft_configured_shorter_than_the_video_still_drafts(target_dir, sparrow_draft, tmp_path):
     """vLLM stops drafting once a sequence outgrows the draft config's max_position_embeddings
     (tau 1.00 at 51,200 tokens with drafts configured for 32,768). A Sparrow draft reads text
-    positions only (vllm_compat patch 4): configured for 512 tokens it proposes on ~1,100-token
-    prompts what its own config proposes; configured for 48, fewer than a request's text, its
+    positions only (vllm_compat patch 4): configured for 512 tokens it drafts on ~1,100-token
+    prompts, with the drafts and acceptance of its own config; configured for 48, fewer than a request's text, its
     RoPE positions stop at 47 and it still drafts, lossless."""
     idx = [i for i, p in enumerate(PROMPTS) if p.get("frames") == 128][:4]
     prompts = [PROMPTS[i] for i in idx]
