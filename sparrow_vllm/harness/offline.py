@@ -220,7 +220,9 @@ def run_engine_subprocess(spec: dict, timeout: float = 1800, log: Path | None = 
             log.write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out_path.exists():
             lines = (proc.stdout + proc.stderr).splitlines()
-            causes = [x for x in lines if "Error" in x and "Traceback" not in x][-8:]
+            # the errors, and what tells of a process that died without one (a worker's signal)
+            causes = [x for x in lines if ("Error" in x and "Traceback" not in x)
+                      or any(w in x for w in ("died", "Killed", "Segmentation fault", "signal"))][-12:]
             tail = "\n".join(causes + ["..."] + lines[-25:])
             raise RuntimeError(f"vLLM engine run failed (exit {proc.returncode}):\n{tail}")
         return json.loads(out_path.read_text())
