@@ -158,9 +158,8 @@ def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max
 
 
 def media_io(family) -> dict:
-    """How a server reads the written mp4s: at the target's 24 fps (Qwen2.5-VL's timing);
-    LLaVA-OV keeps 32 evenly spaced frames of a file unless told -1 (every frame)."""
-    return {"fps": 24} | ({} if family.name == "qwen2.5-vl" else {"num_frames": -1})
+    """How a server reads the written mp4s: at the target's 24 fps, every frame."""
+    return {"fps": 24} | family.every_frame_media_io()
 
 
 def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: int, cells: list[dict],

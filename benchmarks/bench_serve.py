@@ -224,11 +224,8 @@ def main() -> int:
         longest = family.visual_tokens(max(args.frames))
         if longest > 2048:  # vLLM 0.32 sizes its encoder cache from this (default 2048 when serving)
             flags += ["--max-num-batched-tokens", str(longest)]
-        media_io = {"fps": args.video_fps} if args.video_fps != 2 else {}
-        if args.arch != "qwen2.5-vl":
-            # vLLM's default video loader keeps 32 evenly spaced frames of a file (Qwen2.5-VL's
-            # samples by fps instead); -1 keeps every written frame, as for Qwen2.5-VL.
-            media_io["num_frames"] = -1
+        # every written frame: vLLM's LLaVA-OV loader keeps 32 of a file unless told
+        media_io = ({"fps": args.video_fps} if args.video_fps != 2 else {}) | family.every_frame_media_io()
         if media_io:
             flags += ["--media-io-kwargs", json.dumps({"video": media_io})]
         results["config"]["server_flags"] = flags

@@ -103,6 +103,12 @@ class FamilyAdapter:
         ``--max-num-batched-tokens``, from which vLLM sizes its encoder cache; None: none)."""
         return {}, None
 
+    def every_frame_media_io(self) -> dict:
+        """``--media-io-kwargs`` video keys under which vLLM's video-file loader keeps every
+        frame of a file (for servers of any method, e.g. a benchmark's; a Sparrow engine gets
+        :meth:`serving_defaults`)."""
+        return {}
+
     # ---- videos -------------------------------------------------------------------------
     def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
         """LM tokens the target makes of a ``[num_frames, height, width]`` video."""

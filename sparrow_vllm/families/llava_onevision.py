@@ -74,6 +74,10 @@ class LlavaOneVisionAdapter(FamilyAdapter):
         frames = max(1, (max_model_len - TEXT_RESERVE - 1) // per_frame)
         return {"num_frames": frames}, frames * per_frame + 1
 
+    def every_frame_media_io(self) -> dict:
+        """vLLM 0.32 keeps 32 evenly spaced frames of a LLaVA-OV video file; -1: every frame."""
+        return {"num_frames": -1}
+
     # ---- videos -------------------------------------------------------------------------
     def visual_tokens(self, num_frames: int, height: int = 112, width: int = 112) -> int:
         from sparrow_vllm.target.llava_onevision import visual_tokens
