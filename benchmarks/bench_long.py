@@ -52,6 +52,11 @@ CELL_KEY = ("engine", "target", "task", "method", "visual_tokens", "batch", "rep
 REF_KEY = CELL_KEY[:-1]  # a draft's cell is compared with the method's cell of the same point and repeat
 
 
+def context_for(visual_tokens: int) -> int:
+    """An engine's max_model_len at a video length: the video and room for a conversation."""
+    return visual_tokens + 4096
+
+
 def key(c: dict, fields=CELL_KEY) -> tuple:
     return tuple(c.get(k, 0) if k == "repeat" else c[k] for k in fields)  # cells of one run: repeat 0
 
@@ -111,7 +116,7 @@ def run_group(family, target: str, method: str, spec_cfg, visual_tokens: int, ce
     from sparrow_vllm.harness.offline import run_engine_subprocess
     from sparrow_vllm.target.evaluate import kv_cache_gib_for
 
-    max_model_len = visual_tokens + 4096
+    max_model_len = context_for(visual_tokens)
     most_videos = max(sum(t["clip"] is not None for t in make_long_sample(
         c["task"], "test", s["index"], s["frames"]).turns) for c in cells for s in c["prompts"])
     run = run_engine_subprocess({
@@ -176,11 +181,11 @@ def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: i
         media = Path(media)
         most_videos = max(len(make_long_sample(c["task"], "test", 0, c["prompts"][0]["frames"]).turns)
                           for c in cells)
-        flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(visual_tokens + 4096),
+        flags = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(context_for(visual_tokens)),
                  "--max-num-seqs", "1", "--allowed-local-media-path", str(media),
                  "--limit-mm-per-prompt", json.dumps({"video": most_videos, "image": 1}),
                  "--media-io-kwargs", json.dumps({"video": media_io(family)}),
-                 "--max-num-batched-tokens", str(max(8192, visual_tokens + 4096))]
+                 "--max-num-batched-tokens", str(max(8192, context_for(visual_tokens)))]
         if spec_cfg:
             flags += ["--speculative-config", json.dumps(spec_cfg)]
         with Server(target, flags, log=media / "serve.log", startup_timeout=900) as server:
@@ -206,8 +211,7 @@ def allow_past_config_length(family, target: str, max_model_len: int) -> bool:
     run starts. False: the family gives every token its own position, past the limit."""
     import os
 
-    config = json.loads((Path(target) / "config.json").read_text())
-    limit = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    limit = config_length(json.loads((Path(target) / "config.json").read_text()))
     if not limit or max_model_len <= limit:
         return True
     if not family.compressed_video_positions:
@@ -216,6 +220,36 @@ def allow_past_config_length(family, target: str, max_model_len: int) -> bool:
           "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (its video positions are compressed)", flush=True)
     os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
     return True
+
+
+def config_length(config: dict) -> int | None:
+    """``max_position_embeddings`` of a model's config.json: at its top, in its ``text_config``
+    (a VLM) or its ``transformer_layer_config`` (a draft in the speculators format)."""
+    for c in (config, config.get("text_config") or {}, config.get("transformer_layer_config") or {}):
+        if c.get("max_position_embeddings"):
+            return c["max_position_embeddings"]
+    return None
+
+
+def lift_drafter_cap(family, spec_cfg: dict | None, max_model_len: int) -> dict | None:
+    """vLLM drafts nothing for a sequence longer than the draft's max_model_len, which it takes
+    from the draft config's ``max_position_embeddings`` (32,768 for the drafts of the embedded
+    target). A Sparrow engine lifts that cap itself (its draft reads text positions only); an
+    EAGLE-3 draft reads the target's positions, which for a video are compressed (a 50k-token
+    video spans a few hundred), so the cap is a token count, not a position it cannot reach.
+    EAGLE-3 gets the engine's length with vLLM's own key, the speculative config's
+    ``max_model_len``, allowed past the draft config the way the target is
+    (``VLLM_ALLOW_LONG_MAX_MODEL_LEN``) where the family's video positions are compressed."""
+    import os
+
+    if not spec_cfg or spec_cfg["method"] != "eagle3" or not family.compressed_video_positions:
+        return spec_cfg
+    config = json.loads((Path(spec_cfg["model"]) / "config.json").read_text())
+    limit = config_length(config)
+    if not limit or max_model_len <= limit:
+        return spec_cfg
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    return spec_cfg | {"max_model_len": max_model_len}
 
 
 def main() -> int:
@@ -257,7 +291,7 @@ def main() -> int:
     args.out = args.out or ROOT / "results" / ("long_workloads.json" if args.arch == "qwen2.5-vl"
                                                else f"long_workloads_{args.arch}.json")
     target = str(args.target or family.build_target())
-    longest = max(args.visual_tokens) + 4096
+    longest = context_for(max(args.visual_tokens))
     if not allow_past_config_length(family, target, longest):
         ap.error(f"{max(args.visual_tokens)} visual tokens need a context of {longest} tokens, past what "
                  f"{Path(target).name} allows ({family.name} gives every visual token its own position)")
@@ -288,8 +322,10 @@ def main() -> int:
             print(f"[{label}] {plan}", flush=True)
             run = run_group if engine == "offline" else run_serve_group
             command = "python benchmarks/bench_long.py " + " ".join(sys.argv[1:])
-            rows = [r | {"target": portable_path(target), "draft": ident[m], "command": command, "repeat": rep}
-                    for r in run(family, target, m, spec_cfg[m], v, cells, args)]
+            cfg = lift_drafter_cap(family, spec_cfg[m], context_for(v))
+            lifted = {"draft_max_model_len": cfg["max_model_len"]} if cfg and "max_model_len" in cfg else {}
+            rows = [r | {"target": portable_path(target), "draft": ident[m], "command": command, "repeat": rep} | lifted
+                    for r in run(family, target, m, cfg, v, cells, args)]
             new = {key(r) for r in rows}
             data["cells"] = [c for c in data["cells"] if key(c) not in new] + rows
             add_ratios(data["cells"])

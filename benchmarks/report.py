@@ -568,50 +568,69 @@ def own_data() -> str:
     return "\n".join(out)
 
 
+def _adaptive_workloads(d: dict) -> dict:
+    """bench_adaptive_k.py's results by workload ("TASK TARGET": its cells and config); a file
+    of one workload (``config``) holds the qa workload on the embedded target."""
+    configs = d.get("configs") or {"qa embedded": d.get("config", {})}
+    out = {}
+    for c in d["cells"]:
+        w = f"{c.get('task', 'qa')} {c.get('target', 'embedded')}"
+        out.setdefault(w, {"config": configs.get(w, {}), "cells": []})["cells"].append(c)
+    return out
+
+
 def adaptive_k(name: str = "adaptive_k", metric: str = "speedup_vs_none") -> str:
     """benchmarks/bench_adaptive_k.py: speedup vs no speculation per (visual tokens, batch) for
     fixed k = 5, the best fixed k and auto (mean and range over repeats); also writes its plot.
-    ``metric``: ``speedup_vs_none`` (decode steps) or ``end_to_end_vs_none`` (prefill in)."""
+    ``metric``: ``speedup_vs_none`` (decode steps) or ``end_to_end_vs_none`` (prefill in). With
+    more than one workload (task, target) in the file, a row names its workload."""
     d = json.loads((RESULTS / f"{name}.json").read_text())
-    cells = d["cells"]
-    points = sorted({(c["visual_tokens"], c["batch"]) for c in cells})
-    k_max = d["config"]["k_max"]
+    workloads = _adaptive_workloads(d)
+    several = len(workloads) > 1
+    head = "| task | target " if several else ""
+    k_maxes = {w["config"].get("k_max", 5) for w in workloads.values()}
+    k_label = f"fixed k={k_maxes.pop()}" if len(k_maxes) == 1 else "fixed k=k_max"
+    out = [f"{head}| visual tokens | batch | requests | {k_label} | best fixed (k) | auto | auto's k per decode step |",
+           "|---" * (7 + 2 * several) + "|"]
+    for wname, w in sorted(workloads.items()):
+        cells, k_max = w["cells"], w["config"].get("k_max", 5)
+        points = sorted({(c["visual_tokens"], c["batch"]) for c in cells})
 
-    def at(vt, b, method, k=None):
-        xs = [c for c in cells if c["visual_tokens"] == vt and c["batch"] == b and c["method"] == method
-              and (k is None or c.get("k") == k) and c.get(metric) is not None]
-        return xs
+        def at(vt, b, method, k=None):
+            return [c for c in cells if c["visual_tokens"] == vt and c["batch"] == b and c["method"] == method
+                    and (k is None or c.get("k") == k) and c.get(metric) is not None]
 
-    def fmt(xs):
-        if not xs:
-            return "-"
-        v = [c[metric] for c in xs]
-        m = sum(v) / len(v)
-        return f"{m:.2f}x" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+        def fmt(xs):
+            if not xs:
+                return "-"
+            v = [c[metric] for c in xs]
+            m = sum(v) / len(v)
+            return f"{m:.2f}x" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
 
-    out = [f"| visual tokens | batch | requests | fixed k={k_max} | best fixed (k) | auto | auto's k per decode step |",
-           "|---|---|---|---|---|---|---|"]
-    for vt, b in points:
-        best, auto = at(vt, b, "best_fixed"), at(vt, b, "auto")
-        ks = sorted({c["k"] for c in best})
-        hist = {}
-        for c in auto:
-            for k, n in (c.get("k_steps") or {}).items():
-                hist[k] = hist.get(k, 0) + n
-        total = sum(hist.values()) or 1
-        steps = ", ".join(f"k={k}: {100 * n / total:.0f}%" for k, n in sorted(hist.items(), key=lambda x: int(x[0])))
-        req = (at(vt, b, "none") or [{}])[0].get("requests", "-")
-        out.append(f"| {vt:,} | {b} | {req} | {fmt(at(vt, b, 'fixed', k_max))} | {fmt(best)} "
-                   f"({'/'.join(map(str, ks))}) | {fmt(auto)} | {steps or '-'} |")
-    reps = d["config"].get("repeats", 1)
+        row = "| " + " | ".join(wname.split(" ", 1)) + " " if several else ""
+        for vt, b in points:
+            best, auto = at(vt, b, "best_fixed"), at(vt, b, "auto")
+            ks = sorted({c["k"] for c in best})
+            hist = {}
+            for c in auto:
+                for k, n in (c.get("k_steps") or {}).items():
+                    hist[k] = hist.get(k, 0) + n
+            total = sum(hist.values()) or 1
+            steps = ", ".join(f"k={k}: {100 * n / total:.0f}%" for k, n in sorted(hist.items(), key=lambda x: int(x[0])))
+            req = (at(vt, b, "none") or [{}])[0].get("requests", "-")
+            out.append(f"{row}| {vt:,} | {b} | {req} | {fmt(at(vt, b, 'fixed', k_max))} | {fmt(best)} "
+                       f"({'/'.join(map(str, ks))}) | {fmt(auto)} | {steps or '-'} |")
+        if metric == "speedup_vs_none":
+            suffix = "" if wname == "qa embedded" else "_" + "_".join(
+                Path(x).name for x in wname.split(" ", 1)).replace("-", "_")
+            _plot_adaptive(cells, points, k_max, RESULTS / f"{name}{suffix}.png")
+    reps = sorted({w["config"].get("repeats", 1) for w in workloads.values()})
     out.append("")
     what = ("decode tokens/s over no speculation's at the same point" if metric == "speedup_vs_none" else
             "end-to-end tokens/s (prefill included) over no speculation's at the same point")
     out.append(f"Speedup: {what}, one run, "
-               f"{'mean (range) of ' + str(reps) + ' repeats' if reps > 1 else 'one repeat'}; "
+               f"{'mean (range) of ' + '/'.join(map(str, reps)) + ' repeats' if reps != [1] else 'one repeat'}; "
                f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
-    if metric == "speedup_vs_none":
-        _plot_adaptive(cells, points, k_max, RESULTS / f"{name}.png")
     return "\n".join(out)
 
 
@@ -650,15 +669,18 @@ def block_drop(name: str = "adaptive_k") -> str:
     d = json.loads((RESULTS / f"{name}.json").read_text())
     cells = d["cells"]
     drops = [c for c in cells if c["method"] == "fixed_block_drop"]
-    out = ["| visual tokens | batch | requests | k | end to end: reused / re-prefilled | "
-           "decode: reused / re-prefilled | tau: reused / re-prefilled |", "|---|---|---|---|---|---|---|"]
-    for c in sorted(drops, key=lambda c: (c["visual_tokens"], c["batch"], c["repeat"])):
+    workload = lambda c: (c.get("task", "qa"), c.get("target", "embedded"))  # noqa: E731
+    several = len({workload(c) for c in drops}) > 1
+    out = [("| task | target " if several else "") + "| visual tokens | batch | requests | k | end to end: reused / "
+           "re-prefilled | decode: reused / re-prefilled | tau: reused / re-prefilled |", "|---" * (7 + 2 * several) + "|"]
+    for c in sorted(drops, key=lambda c: (*workload(c), c["visual_tokens"], c["batch"], c["repeat"])):
         same = [x for x in cells if x["method"] == "fixed" and x["k"] == c["k"] and x["repeat"] == c["repeat"]
-                and x["visual_tokens"] == c["visual_tokens"] and x["batch"] == c["batch"]]
+                and x["visual_tokens"] == c["visual_tokens"] and x["batch"] == c["batch"] and workload(x) == workload(c)]
         if not same:
             continue
         r = same[0]
-        out.append(f"| {c['visual_tokens']:,} | {c['batch']} | {c['requests']} | {c['k']} | "
+        out.append(("| " + " | ".join(workload(c)) + " " if several else "")
+                   + f"| {c['visual_tokens']:,} | {c['batch']} | {c['requests']} | {c['k']} | "
                    f"{r['end_to_end_vs_none']:.2f}x / {c['end_to_end_vs_none']:.2f}x | "
                    f"{r['speedup_vs_none']:.2f}x / {c['speedup_vs_none']:.2f}x | {r['tau']:.2f} / {c['tau']:.2f} |")
     out.append("")

@@ -84,3 +84,64 @@ def test_a_context_past_the_config_is_allowed_only_for_compressed_video_position
     assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" not in os.environ
     assert bench_long.allow_past_config_length(family, str(tmp_path), 55296) == allowed
     assert ("VLLM_ALLOW_LONG_MAX_MODEL_LEN" in os.environ) == allowed
+
+
+@pytest.mark.parametrize("arch,lifted", [("qwen2.5-vl", True), ("llava-onevision", False)])
+def test_an_eagle3_draft_gets_the_engines_length_only_past_its_config(report, tmp_path, monkeypatch, arch, lifted):
+    """vLLM drafts nothing past the draft's max_model_len (its config's max_position_embeddings,
+    here in the speculators format's ``transformer_layer_config``): an EAGLE-3 draft is given the
+    engine's length with the speculative config's own ``max_model_len`` where video positions are
+    compressed; a Sparrow engine lifts the cap itself and its config is left alone."""
+    import os
+
+    import bench_long
+
+    from sparrow_vllm.families import get_family
+
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0")  # restored after the test
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+    (tmp_path / "config.json").write_text(json.dumps({"transformer_layer_config": {"max_position_embeddings": 32768}}))
+    family = get_family(arch)
+    eagle3 = {"method": "eagle3", "model": str(tmp_path), "num_speculative_tokens": 5}
+    assert bench_long.lift_drafter_cap(family, eagle3, 29696) == eagle3  # within the config
+    assert bench_long.lift_drafter_cap(family, None, 55296) is None
+    sparrow = eagle3 | {"method": "sparrow"}
+    assert bench_long.lift_drafter_cap(family, sparrow, 55296) == sparrow
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" not in os.environ
+    got = bench_long.lift_drafter_cap(family, eagle3, 55296)
+    assert got == (eagle3 | {"max_model_len": 55296} if lifted else eagle3)
+    assert ("VLLM_ALLOW_LONG_MAX_MODEL_LEN" in os.environ) == lifted
+
+
+def test_adaptive_k_compares_cells_of_one_workload_only(report, tmp_path, monkeypatch):
+    """bench_adaptive_k.py keeps the qa and the long-answer (narrate) workloads, on their own
+    targets, in one file: a speedup is against no speculation of the same task and target, the
+    best fixed k is per workload, a file of one workload reads as qa on the embedded target, and
+    the report names the workload of each row once there are several."""
+    import bench_adaptive_k as ak
+
+    def cell(task, target, method, k, tok_s):
+        c = {"visual_tokens": 1024, "batch": 4, "method": method, "k": k, "repeat": 0, "requests": 16,
+             "decode_tok_s": tok_s, "end_to_end_tok_s": tok_s / 2, "k_steps": {str(k or 0): 10}}
+        return c | ({"task": task} if task else {}) | ({"target": target} if target else {})
+
+    old = [cell("qa", None, "none", None, 10.0), cell("qa", None, "fixed", 5, 20.0), cell("qa", None, "fixed", 3, 30.0)]
+    new = [cell("narrate", "runs/t200", "none", None, 40.0), cell("narrate", "runs/t200", "fixed", 5, 60.0),
+           cell("narrate", "runs/t200", "fixed", 3, 50.0)]
+    cells = old + new
+    ak.add_speedups(cells)
+    speed = {(c.get("task"), c["method"], c.get("k")): c["speedup_vs_none"] for c in cells}
+    assert speed[("qa", "fixed", 5)] == 2.0 and speed[("narrate", "fixed", 5)] == 1.5
+    assert speed[("qa", "best_fixed", 3)] == 3.0 and speed[("narrate", "best_fixed", 5)] == 1.5
+    path = tmp_path / "ak.json"
+    path.write_text(json.dumps({"cells": old, "config": {"k_max": 5}, "k_table": {"rows": []}}))
+    data = ak.load(path)
+    assert data["configs"] == {"qa embedded": {"k_max": 5}} and data["k_tables"] == {"qa embedded": {"rows": []}}
+    assert ak.have(data, "qa", ak.EMBEDDED, 1024, "fixed", 5, 0)
+    assert not ak.have(data, "narrate", "runs/t200", 1024, "fixed", 5, 0)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "_plot_adaptive", lambda *a, **k: None)
+    path.write_text(json.dumps({"cells": cells, "hardware": {}, "configs": {"qa embedded": {"k_max": 5}}}))
+    rows = [r for r in report.adaptive_k("ak").splitlines() if r.startswith("| narrate") or r.startswith("| qa")]
+    assert rows == ["| narrate | runs/t200 | 1,024 | 4 | 16 | 1.50x | 1.50x (5) | - | - |",
+                    "| qa | embedded | 1,024 | 4 | 16 | 2.00x | 3.00x (3) | - | - |"]

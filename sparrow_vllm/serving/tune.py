@@ -44,24 +44,30 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def cell_prompts(family, visual_tokens: int, requests: int, videos: int, split: str) -> list[dict]:
+def cell_prompts(family, visual_tokens: int, requests: int, videos: int, split: str, task: str = "qa") -> list[dict]:
     """``requests`` prompt specs over ``videos`` videos, questions cycled (a request index
-    appended once they repeat, so no two prompts are the same)."""
+    appended once they repeat, so no two prompts are the same). ``task`` "qa": short questions
+    about SparrowWorld clips; "narrate": the long-answer task (``world.story``), a video's
+    narration asked in each of its phrasings."""
+    from sparrow_vllm.world.story import NARRATE_QUESTIONS
+
     frames = family.frames_for_visual_tokens(visual_tokens)
+    questions = QUESTIONS if task == "qa" else NARRATE_QUESTIONS
     out = []
     for i in range(requests):
-        q = QUESTIONS[(i // videos) % len(QUESTIONS)]
-        if i >= videos * len(QUESTIONS):
+        q = questions[(i // videos) % len(questions)]
+        if i >= videos * len(questions):
             q += f" (request {i})"
-        out.append({"split": split, "index": i % videos, "frames": frames, "question": q})
+        spec = {"split": split, "index": i % videos, "frames": frames, "question": q}
+        out.append(spec if task == "qa" else {"task": task, "turn": 0, **spec})
     return out
 
 
 def engine_spec(target: str, k: int | None, draft: str | None, batches, prompts_for, max_model_len: int,
-                k_table: bool = False, speculative: dict | None = None) -> dict:
+                k_table: bool = False, speculative: dict | None = None, max_tokens: int = 64) -> dict:
     """One engine: a warm-up that prefills every video, then per batch size B its prompts in
-    waves of B. ``k``: None (no speculation) or a fixed k (``k_table``: "auto" instead);
-    ``speculative``: more keys of the Sparrow config."""
+    waves of B, each answered to its end or ``max_tokens``. ``k``: None (no speculation) or a
+    fixed k (``k_table``: "auto" instead); ``speculative``: more keys of the Sparrow config."""
     cells = []
     for b in batches:
         prompts = prompts_for(b)
@@ -70,8 +76,8 @@ def engine_spec(target: str, k: int | None, draft: str | None, batches, prompts_
     cells[0]["warmup"] = [dict(p, question="What is in the video?") for p in videos.values()]
     # KV for every video at once plus the answers (~50 KB a token for the embedded targets in
     # fp32), so the prefix cache keeps each video while its requests run
-    tokens = len(videos) * max_model_len + max(batches) * 128
-    spec = {"target": target, "cells": cells, "sampling": {"max_tokens": 64},
+    tokens = len(videos) * max_model_len + max(batches) * max(128, max_tokens)
+    spec = {"target": target, "cells": cells, "sampling": {"max_tokens": max_tokens},
             "kv_cache_gib": max(4, -(-tokens * 60_000 // 2**30)),
             "engine": {"max_num_seqs": max(batches), "max_model_len": max_model_len}}
     if k is not None or k_table:
