@@ -624,7 +624,7 @@ def adaptive_k(name: str = "adaptive_k", metric: str = "speedup_vs_none") -> str
             suffix = "" if wname == "qa embedded" else "_" + "_".join(
                 Path(x).name for x in wname.split(" ", 1)).replace("-", "_")
             _plot_adaptive(cells, points, k_max, RESULTS / f"{name}{suffix}.png")
-    reps = sorted({w["config"].get("repeats", 1) for w in workloads.values()})
+    reps = sorted({len({c["repeat"] for c in w["cells"]}) for w in workloads.values()})
     out.append("")
     what = ("decode tokens/s over no speculation's at the same point" if metric == "speedup_vs_none" else
             "end-to-end tokens/s (prefill included) over no speculation's at the same point")
