@@ -1,25 +1,24 @@
 #!/usr/bin/env bash
 # Rebuild the committed drafts of an embedded target and their test figures (one job at a time):
 #   bash sparrow_vllm/draft/rebuild_defaults.sh [RUN_DIR] [ARCH]
-# ARCH: qwen2.5-vl (default; ~3.5 h on 2 cores, 16 test videos at 25k included) or llava-onevision (drafts sparrow-llavaov /
-# eagle3-llavaov; ~15 min).
-# Qwen2.5-VL: both drafts train on the same mix of video lengths (256 clips of 16 frames = 128
-# visual tokens, 32 videos of ~4k and 16 of ~25k: the target's own answers at each length, which
-# drift from its short-clip answers as videos grow; 16 at 25k rather than 8: docs/draft-study.md section E)
-# and are evaluated at ~1k, ~4k and ~25k.
-# LLaVA-OneVision: short clips only, evaluated at ~1k (its long extraction is left to whoever
-# has the hours).
+# ARCH: qwen2.5-vl (default) or llava-onevision (drafts sparrow-llavaov / eagle3-llavaov); ~3.5 h
+# on 2 cores, 16 test videos at 25k included (LLAVA_SHORT=1: the committed LLaVA-OV drafts'
+# short clips only, evaluated at ~1k, ~15 min).
+# Both drafts of a family train on the same mix of video lengths (256 clips of 16 frames, 32
+# videos of ~4k and 16 of ~25k visual tokens: the target's own answers at each length, which
+# drift from its short-clip answers as videos grow; 16 at 25k rather than 8: docs/draft-study.md
+# section E) and are evaluated at ~1k, ~4k and ~25k.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ARCH=${2:-qwen2.5-vl}
 S=".venv/bin/sparrow"
 T=$($S build-target --arch "$ARCH" | tail -1)
+SIZES="1k 4k 25k"; LONG="train4k:32:1000:4096:4 train25k16:16:2000:25000:1"
 if [ "$ARCH" = qwen2.5-vl ]; then
-  R=${1:-runs/drafts}; SP=sparrow-default; EA=eagle3-baseline; SIZES="1k 4k 25k"; EVAL_OUT=draft_eval.json; TH=1
-  LONG="train4k:32:1000:4096:4 train25k16:16:2000:25000:1"
+  R=${1:-runs/drafts}; SP=sparrow-default; EA=eagle3-baseline; EVAL_OUT=draft_eval.json; TH=1
 else
-  R=${1:-runs/drafts-$ARCH}; SP=sparrow-llavaov; EA=eagle3-llavaov; SIZES="1k"; EVAL_OUT=draft_eval_$ARCH.json; TH=2
-  LONG=""
+  R=${1:-runs/drafts-$ARCH}; SP=sparrow-llavaov; EA=eagle3-llavaov; EVAL_OUT=draft_eval_$ARCH.json; TH=2
+  [ "${LLAVA_SHORT:-0}" = 1 ] && { SIZES="1k"; LONG=""; }
 fi
 mkdir -p "$R/logs" "$R/eval"
 L=2,8,15,22,27  # TH: the threads the committed short-clip data was extracted with
