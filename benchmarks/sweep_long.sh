@@ -37,7 +37,8 @@ step serve-4k "$P" "${L[@]}" --visual-tokens 4096 --requests 40 --engines serve
 step serve-25k "$P" "${L[@]}" --visual-tokens 25600 --requests 16 --videos 4 --engines serve --tasks narrate
 # ratios near 1 at 25k: two more repeats of each method (repeat 0 is in the file)
 step repeats-25k "$P" "${L[@]}" --visual-tokens 25600 --requests 16 --videos 4 --tasks narrate --repeats 3
-# adaptive k on long answers (issue: the long-answer workload)
+# adaptive k on long answers, then on short ones at 25k (the committed target and draft)
 step adaptive-narrate "$P" benchmarks/bench_adaptive_k.py --task narrate --target "$T" --draft $R/sp-a3-w128 \
   --visual-tokens 1024 --repeats 3
+step adaptive-qa-25k "$P" benchmarks/bench_adaptive_k.py --visual-tokens 25000
 echo "[$(date +%H:%M:%S)] done: results/long_workloads.json, results/adaptive_k.json"
