@@ -624,12 +624,16 @@ def adaptive_k(name: str = "adaptive_k", metric: str = "speedup_vs_none") -> str
             suffix = "" if wname == "qa embedded" else "_" + "_".join(
                 Path(x).name for x in wname.split(" ", 1)).replace("-", "_")
             _plot_adaptive(cells, points, k_max, RESULTS / f"{name}{suffix}.png")
-    reps = sorted({len({c["repeat"] for c in w["cells"]}) for w in workloads.values()})
+    per_point = {}  # the repeats each point ran
+    for c in d["cells"]:
+        per_point.setdefault((c.get("task"), c.get("target"), c["visual_tokens"], c["batch"]), set()).add(c["repeat"])
+    reps = sorted({len(r) for r in per_point.values()})
     out.append("")
     what = ("decode tokens/s over no speculation's at the same point" if metric == "speedup_vs_none" else
             "end-to-end tokens/s (prefill included) over no speculation's at the same point")
-    out.append(f"Speedup: {what}, one run, "
-               f"{'mean (range) of ' + '/'.join(map(str, reps)) + ' repeats' if reps != [1] else 'one repeat'}; "
+    said = ("one repeat" if reps == [1] else f"mean (range) of {reps[0]} repeats" if len(reps) == 1 else
+            f"mean (range) of the repeats a point ran ({reps[0]}-{reps[-1]})")
+    out.append(f"Speedup: {what}, one run, {said}; "
                f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
     return "\n".join(out)
 

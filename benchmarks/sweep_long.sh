@@ -40,5 +40,5 @@ step repeats-25k "$P" "${L[@]}" --visual-tokens 25600 --requests 16 --videos 4 -
 # adaptive k on long answers, then on short ones at 25k (the committed target and draft)
 step adaptive-narrate "$P" benchmarks/bench_adaptive_k.py --task narrate --target "$T" --draft $R/sp-a3-w128 \
   --visual-tokens 1024 --repeats 3
-step adaptive-qa-25k "$P" benchmarks/bench_adaptive_k.py --visual-tokens 25000
+step adaptive-qa-25k "$P" benchmarks/bench_adaptive_k.py --visual-tokens 1024 25000  # 1k: in the file
 echo "[$(date +%H:%M:%S)] done: results/long_workloads.json, results/adaptive_k.json"
