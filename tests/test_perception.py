@@ -176,6 +176,8 @@ def test_perception_stage_options_are_checked_before_any_model_is_built(tmp_path
         train_vision(tmp_path / "a", steps=1, perception_tower_lr=1e-3)
     with pytest.raises(ValueError, match="0 only for a perception stage alone"):
         train_vision(tmp_path / "b", steps=0, perception_steps=2)
+    with pytest.raises(ValueError, match="give perception_tower_lr"):
+        train_vision(tmp_path / "b", steps=1, perception_steps=2, perception_hold=1.0)
     with pytest.raises(ValueError, match="perception_level must be"):
         train_vision(tmp_path / "c", steps=1, perception_steps=2, perception_level="pixel")
     (tmp_path / "run").mkdir()
@@ -225,6 +227,27 @@ def test_the_perception_warm_up_trains_the_tower_only_when_asked(tower_lr):
     moved = any(not torch.equal(a, b) for a, b in zip(before, tower.parameters()))
     assert moved == bool(tower_lr)
     assert any(not torch.equal(a, b) for a, b in zip(heads_before, heads.parameters()))
+
+
+def test_a_held_perception_stage_moves_the_tokens_less_and_still_trains_the_tower():
+    """``tower_hold``: the stage's tokens stay nearer what the tower made before it (the LM's
+    interface, here on a clip the stage never saw) and the tower still moves; the hold is logged."""
+    from sparrow_vllm.target.perception import warm_up_heads
+
+    clip = _CellAdapter().hf_inputs(None, make_sample("val", 0, 16).frames(), None)
+    drift = {}
+    for hold in (0.0, 10.0):
+        torch.manual_seed(0)
+        tower, heads = _CellTower(), ObjectHeads(8)
+        with torch.no_grad():
+            start = tower(clip["pixel_values_videos"])
+        records = warm_up_heads(tower, _CellAdapter(), None, heads, steps=6, batch=2, lr=1e-2,
+                                sample_at=lambda step, i: make_sample("train", 2 * step + i, 16),
+                                labels_of=object_instances, tower_lr=5e-2, tower_hold=hold)
+        with torch.no_grad():
+            drift[hold] = float((tower(clip["pixel_values_videos"]) - start).norm() / start.norm())
+        assert ("hold" in records[-1]) == bool(hold) and np.isfinite(records[-1]["loss"])
+    assert 0 < drift[10.0] < 0.5 * drift[0.0], drift
 
 
 @pytest.mark.parametrize("arch,level", [("qwen2.5-vl", "object-motion"), ("llava-onevision", "object")])

@@ -60,6 +60,9 @@ def add_parser(subparsers) -> None:
                         "object-motion also which way it moves within the patch; target/perception.py)")
     t.add_argument("--perception-tower-lr", type=float, default=0.0,
                    help="train the tower too during the --perception-steps, at this learning rate (0: heads only)")
+    t.add_argument("--perception-hold", type=float, default=0.0,
+                   help="with --perception-tower-lr: keep the tower's tokens near what they were before that stage, "
+                        "this times their relative squared distance (0: off)")
     t.add_argument("--snapshot-every", type=int, default=0,
                    help="also write OUT/vision_parts-step<N>.safetensors every this many steps, for "
                         "build-target --vision-parts while the run goes on (0: only the final parts)")
@@ -148,7 +151,7 @@ def run_train(args) -> int:
                        lora_lr=args.lora_lr, perception_weight=args.perception_weight,
                        perception_steps=args.perception_steps,
                        perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
-                       snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
+                       perception_hold=args.perception_hold, snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
                        grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
                        questions_per_clip=args.questions_per_clip, long_share=args.long_share,
                        long_all_turns=args.long_all_turns, simulate_positions=args.simulate_positions,

@@ -24,6 +24,8 @@ bilinear halving is a 2x2 mean). Motion within a token needs 2 frames or more.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -229,14 +231,31 @@ def tower_tokens(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+@contextlib.contextmanager
+def _weights(module: nn.Module, state: dict[str, torch.Tensor]):
+    """``module`` with the parameters of ``state`` while the block runs (the same tensors after)."""
+    params = dict(module.named_parameters())
+    live = {n: p.data for n, p in params.items()}
+    try:
+        for n, p in params.items():
+            p.data = state[n]
+        yield module
+    finally:
+        for n, p in params.items():
+            p.data = live[n]
+
+
 def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int, batch: int, lr: float,
-                  sample_at, labels_of=token_labels, tower_lr: float = 0.0) -> list[dict]:
+                  sample_at, labels_of=token_labels, tower_lr: float = 0.0, tower_hold: float = 0.0) -> list[dict]:
     """Fit the heads on tower-only forwards (no LM: 100 steps of 16 clips took ~1.5 min with the
     tower frozen, against ~9 s a step of 4 clips in the LM stage), so the joint stage starts
     with heads whose gradient means something. ``tower_lr`` > 0 trains the tower with them
     (cosine schedule): a perception stage, which the frozen LM cannot read afterwards (its answer
     loss 0.5 -> 4.3 after 30 steps of the per-token loss, measured), so the LM stage that follows
-    must re-learn the tower's interface. ``sample_at(step, i)`` gives the clips,
+    must re-learn the tower's interface. ``tower_hold`` > 0 adds this times the tokens' squared
+    distance from what the tower made of the same clip before the stage, over their squared norm
+    (``hold`` in the records): the heads pull what the tokens say about objects while the
+    interface the LM reads moves less, its norms included. ``sample_at(step, i)`` gives the clips,
     ``labels_of(sample)`` the heads' labels (``token_labels`` or ``object_instances``). Returns
     log records (every 50 steps)."""
     from tqdm import tqdm
@@ -250,16 +269,24 @@ def warm_up_heads(model, adapter, processor, heads: PerceptionHeads, steps: int,
         groups.append({"params": tower, "lr": tower_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     sched = cosine_with_warmup(opt, steps, warmup=max(1, steps // 16))
+    start = {n: p.detach().clone() for n, p in visual.named_parameters()} if tower and tower_hold else None
     records, window = [], []
     for step in tqdm(range(steps), desc="perception stage" if tower else "perception heads warm-up"):
         opt.zero_grad(set_to_none=True)
         for i in range(batch):
             sample = sample_at(step, i)
             inputs = adapter.hf_inputs(processor, sample.frames(), sample.question)
+            if start is not None:
+                with torch.no_grad(), _weights(visual, start):
+                    before = adapter.video_tokens(model, inputs)
             with torch.set_grad_enabled(bool(tower)):
                 tokens = adapter.video_tokens(model, inputs)
             out = heads(tokens, labels_of(sample))
-            (out["loss"] / batch).backward()
+            loss = out["loss"]
+            if start is not None:
+                out["hold"] = (tokens - before).pow(2).sum(-1).mean() / before.pow(2).sum(-1).mean().clamp_min(1e-12)
+                loss = loss + tower_hold * out["hold"]
+            (loss / batch).backward()
             window.append({k: float(v.detach()) for k, v in out.items()})
         if tower:
             torch.nn.utils.clip_grad_norm_(tower, 1.0)

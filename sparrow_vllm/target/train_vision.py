@@ -153,7 +153,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  log_every: int = 25, init: Path | None = None, family: str = "qwen2.5-vl",
                  simulate_tokens: int = 0, lora_rank: int = 0, lora_lr: float = 5e-4,
                  perception_weight: float = 0.0, perception_steps: int = 0, perception_batch: int = 16,
-                 perception_level: str = "token", perception_tower_lr: float = 0.0,
+                 perception_level: str = "token", perception_tower_lr: float = 0.0, perception_hold: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
                  grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0,
                  long_all_turns: bool = False, simulate_positions: bool = False, stop_at: int = 0) -> Path:
@@ -172,7 +172,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     object's tokens pooled, ``perception.object_instances``) or ``object-motion`` (and a head for
     the way it moves within the patch); ``perception_tower_lr`` > 0: train
     the tower (and merger) during those ``perception_steps`` too, at this learning rate (a
-    perception stage before the LM stage; with ``steps`` 0, that stage alone). ``object-motion``
+    perception stage before the LM stage; with ``steps`` 0, that stage alone); ``perception_hold``:
+    keep the tower's tokens near what they were before that stage, this times their relative
+    squared distance (``perception.warm_up_heads``). ``object-motion``
     needs tokens of 2 frames or more (Qwen2.5-VL; a LLaVA-OV token shows one frame).
     ``stop_at``: stop after this LM step of the ``steps``-step schedule (its learning rate where
     that schedule has it; checkpointed, so the same call without it resumes; 0: run them all).
@@ -204,6 +206,9 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         raise ValueError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
     if perception_tower_lr and not perception_steps:
         raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
+    if perception_hold < 0 or (perception_hold and not perception_tower_lr):
+        raise ValueError("perception_hold keeps the tower near its start while the perception stage trains it: "
+                         "give perception_tower_lr (and a hold >= 0)")
     if grounding_weight < 0:
         raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}")
     if questions_per_clip < 1:
@@ -320,7 +325,7 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             return make_sample("train", 600_000 + (step * perception_batch + i) % 250_000, rng.choice(FRAME_CHOICES))
 
         for rec in warm_up_heads(model, adapter, processor, heads, perception_steps, perception_batch, 1e-2,
-                                 sample_at, labels_of, tower_lr=perception_tower_lr):
+                                 sample_at, labels_of, tower_lr=perception_tower_lr, tower_hold=perception_hold):
             log.write(json.dumps(rec) + "\n")
         log.flush()
         torch.save({"visual": visual.state_dict(), "heads": heads.state_dict(), "lora": lora_parts(lm),
