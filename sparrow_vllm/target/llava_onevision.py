@@ -7,9 +7,8 @@ SmolLM2's. A small SigLIP tower (112x112 frames, 14 px patches -> 8x8 patches) a
 (bilinear) to 4x4 = 16 tokens per frame; one ``image_newline`` embedding closes every
 video: ``16 * frames + 1`` tokens (vLLM 0.32 ``get_num_video_tokens`` and transformers
 ``replace_video_token`` agree; tested). The tower, projector and newline are trained on
-SparrowWorld (``python -m sparrow_vllm.target.train_vision --arch llava-onevision --steps 180
---accum 3 --lr 2e-3``: 20 min on 2 cores, final loss 0.70) and committed under
-``assets/sparrow-llavaov-smollm2/``.
+SparrowWorld (``sparrow train-target --arch llava-onevision --steps 180 --accum 3 --lr 2e-3``:
+20 min on 2 cores, final loss 0.70) and committed under ``assets/sparrow-llavaov-smollm2/``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ TARGET_NAME = "sparrow-llavaov-smollm2"
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / TARGET_NAME
 VISION_PARTS = "vision_parts.safetensors"
 NEW_ROWS_KEY = "new_token_embeddings"  # rows of <image>, <video> (as in target/build.py)
-TRAIN_COMMAND = "python -m sparrow_vllm.target.train_vision --arch llava-onevision --out runs/target-llava"
+TRAIN_COMMAND = "sparrow train-target --arch llava-onevision --out runs/target-llava"
 
 FRAME_SIZE = 112
 PATCH_SIZE = 14

@@ -6,7 +6,7 @@ Run once (tens of minutes on 2 cores, in the background); the result is committe
 ``assets/<embedded target>/vision_parts.safetensors`` and ``sparrow build-target`` assembles
 from it::
 
-    python -m sparrow_vllm.target.train_vision --arch llava-onevision --out runs/target-llava --steps 180 --accum 3
+    sparrow train-target --arch llava-onevision --out runs/target-llava --steps 180 --accum 3
 
 Long videos on a short-clip budget (``simulate_tokens``). A frozen LM fed a long video
 breaks mostly because its attention mass drains into thousands of visual tokens: the bias
@@ -413,39 +413,9 @@ def _save_parts(adapter, model, lm, path: Path) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    import argparse
+if __name__ == "__main__":  # ``sparrow train-target``, its options and defaults
+    import sys
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="qwen2.5-vl", help="family of the embedded target (qwen2.5-vl, llava-onevision)")
-    ap.add_argument("--out", type=Path, default=None, help="default: runs/target (qwen2.5-vl), runs/target-<arch>")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--accum", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--init", type=Path, default=None)
-    ap.add_argument("--simulate-tokens", type=int, default=32768, help="0: off")
-    ap.add_argument("--lora-rank", type=int, default=0, help="0: LM frozen")
-    ap.add_argument("--lora-lr", type=float, default=5e-4)
-    ap.add_argument("--perception-weight", type=float, default=0.0)
-    ap.add_argument("--perception-steps", type=int, default=0)
-    ap.add_argument("--perception-level", choices=PERCEPTION_LEVELS, default="token")
-    ap.add_argument("--perception-tower-lr", type=float, default=0.0)
-    ap.add_argument("--snapshot-every", type=int, default=0)
-    ap.add_argument("--grounding-weight", type=float, default=0.0)
-    ap.add_argument("--grounding-layer", type=int, default=19)
-    ap.add_argument("--grounding-head", type=int, default=1)
-    ap.add_argument("--questions-per-clip", type=int, default=1)
-    ap.add_argument("--long-share", type=float, default=0.0)
-    ap.add_argument("--simulate-positions", action="store_true")
-    a = ap.parse_args()
-    out = a.out or Path("runs/target" if a.arch == "qwen2.5-vl" else f"runs/target-{a.arch}")
-    print(train_vision(out, a.steps, a.lr, a.accum, seed=a.seed, log_every=a.log_every, init=a.init, family=a.arch,
-                       simulate_tokens=a.simulate_tokens, lora_rank=a.lora_rank, lora_lr=a.lora_lr,
-                       perception_weight=a.perception_weight, perception_steps=a.perception_steps,
-                       perception_level=a.perception_level, perception_tower_lr=a.perception_tower_lr,
-                       snapshot_every=a.snapshot_every, grounding_weight=a.grounding_weight,
-                       grounding_layer=a.grounding_layer, grounding_head=a.grounding_head,
-                       questions_per_clip=a.questions_per_clip, long_share=a.long_share,
-                       simulate_positions=a.simulate_positions))
+    from sparrow_vllm.cli import main
+
+    sys.exit(main(["train-target", *sys.argv[1:]]))
