@@ -25,7 +25,7 @@ def test_checkpoint_has_the_hub_siglip_layout(llava_dir):
 
 
 def test_missing_vision_parts_name_the_training_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_vision --arch llava-onevision"):
+    with pytest.raises(FileNotFoundError, match="sparrow train-target --arch llava-onevision"):
         lo.build_target(tmp_path / "t", vision_parts_path=tmp_path / "missing.safetensors")
 
 
