@@ -568,14 +568,21 @@ def own_data() -> str:
     return "\n".join(out)
 
 
+def _workload(c: dict) -> tuple[str, str]:
+    """A bench_adaptive_k.py cell's (task, target); a cell written before there were several
+    is qa on the embedded target."""
+    return c.get("task", "qa"), c.get("target", "embedded")
+
+
 def _adaptive_workloads(d: dict) -> dict:
-    """bench_adaptive_k.py's results by workload ("TASK TARGET": its cells and config); a file
-    of one workload (``config``) holds the qa workload on the embedded target."""
+    """bench_adaptive_k.py's results by workload (:func:`_workload`: its cells and config; the
+    configs are keyed "TASK TARGET"); a file of one workload (``config``) holds qa on the
+    embedded target."""
     configs = d.get("configs") or {"qa embedded": d.get("config", {})}
     out = {}
     for c in d["cells"]:
-        w = f"{c.get('task', 'qa')} {c.get('target', 'embedded')}"
-        out.setdefault(w, {"config": configs.get(w, {}), "cells": []})["cells"].append(c)
+        w = _workload(c)
+        out.setdefault(w, {"config": configs.get(" ".join(w), {}), "cells": []})["cells"].append(c)
     return out
 
 
@@ -607,7 +614,7 @@ def adaptive_k(name: str = "adaptive_k", metric: str = "speedup_vs_none") -> str
             m = sum(v) / len(v)
             return f"{m:.2f}x" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
 
-        row = "| " + " | ".join(wname.split(" ", 1)) + " " if several else ""
+        row = "| " + " | ".join(wname) + " " if several else ""
         for vt, b in points:
             best, auto = at(vt, b, "best_fixed"), at(vt, b, "auto")
             ks = sorted({c["k"] for c in best})
@@ -621,12 +628,12 @@ def adaptive_k(name: str = "adaptive_k", metric: str = "speedup_vs_none") -> str
             out.append(f"{row}| {vt:,} | {b} | {req} | {fmt(at(vt, b, 'fixed', k_max))} | {fmt(best)} "
                        f"({'/'.join(map(str, ks))}) | {fmt(auto)} | {steps or '-'} |")
         if metric == "speedup_vs_none":
-            suffix = "" if wname == "qa embedded" else "_" + "_".join(
-                Path(x).name for x in wname.split(" ", 1)).replace("-", "_")
+            suffix = "" if wname == ("qa", "embedded") else "_" + "_".join(
+                Path(x).name for x in wname).replace("-", "_")
             _plot_adaptive(cells, points, k_max, RESULTS / f"{name}{suffix}.png")
     per_point = {}  # the repeats each point ran
     for c in d["cells"]:
-        per_point.setdefault((c.get("task"), c.get("target"), c["visual_tokens"], c["batch"]), set()).add(c["repeat"])
+        per_point.setdefault((*_workload(c), c["visual_tokens"], c["batch"]), set()).add(c["repeat"])
     reps = sorted({len(r) for r in per_point.values()})
     out.append("")
     what = ("decode tokens/s over no speculation's at the same point" if metric == "speedup_vs_none" else
@@ -673,17 +680,16 @@ def block_drop(name: str = "adaptive_k") -> str:
     d = json.loads((RESULTS / f"{name}.json").read_text())
     cells = d["cells"]
     drops = [c for c in cells if c["method"] == "fixed_block_drop"]
-    workload = lambda c: (c.get("task", "qa"), c.get("target", "embedded"))  # noqa: E731
-    several = len({workload(c) for c in drops}) > 1
+    several = len({_workload(c) for c in drops}) > 1
     out = [("| task | target " if several else "") + "| visual tokens | batch | requests | k | end to end: reused / "
            "re-prefilled | decode: reused / re-prefilled | tau: reused / re-prefilled |", "|---" * (7 + 2 * several) + "|"]
-    for c in sorted(drops, key=lambda c: (*workload(c), c["visual_tokens"], c["batch"], c["repeat"])):
+    for c in sorted(drops, key=lambda c: (*_workload(c), c["visual_tokens"], c["batch"], c["repeat"])):
         same = [x for x in cells if x["method"] == "fixed" and x["k"] == c["k"] and x["repeat"] == c["repeat"]
-                and x["visual_tokens"] == c["visual_tokens"] and x["batch"] == c["batch"] and workload(x) == workload(c)]
+                and x["visual_tokens"] == c["visual_tokens"] and x["batch"] == c["batch"] and _workload(x) == _workload(c)]
         if not same:
             continue
         r = same[0]
-        out.append(("| " + " | ".join(workload(c)) + " " if several else "")
+        out.append(("| " + " | ".join(_workload(c)) + " " if several else "")
                    + f"| {c['visual_tokens']:,} | {c['batch']} | {c['requests']} | {c['k']} | "
                    f"{r['end_to_end_vs_none']:.2f}x / {c['end_to_end_vs_none']:.2f}x | "
                    f"{r['speedup_vs_none']:.2f}x / {c['speedup_vs_none']:.2f}x | {r['tau']:.2f} / {c['tau']:.2f} |")
