@@ -314,6 +314,49 @@ def test_long_all_turns_labels_every_answer_of_the_conversation(target_dir):
     assert multi >= 2
 
 
+def test_long_task_weights_draw_the_weighted_tasks_only(target_dir, tmp_path):
+    """``--long-task-weights``: a long clip's task is drawn with the given weights (a weight 0
+    never draws that task); bad weights stop with one line before any model is built."""
+    import argparse
+    import random
+
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.target.cli import _task_weights
+    from sparrow_vllm.target.train_vision import long_task_inputs, train_vision
+
+    family = get_family("qwen2.5-vl")
+    processor = family.load_processor(target_dir)
+    assert _task_weights("narrate=1,chat=0,stream=0") == {"narrate": 1.0, "chat": 0.0, "stream": 0.0}
+    turns = {}
+    for only in ("narrate", "chat", "stream"):
+        weights = {t: float(t == only) for t in ("narrate", "chat", "stream")}
+        for seed in range(3):
+            inputs = long_task_inputs(family, processor, random.Random(seed), 3, all_turns=True, task_weights=weights)
+            text = processor.tokenizer.decode(inputs["input_ids"][0])
+            turns.setdefault(only, set()).add((text.count("<|vision_start|>"), text.count("<|im_start|>assistant")))
+    # a narration: one video, one answer; a chat: one video, 3-6 answers; a stream: a video a turn
+    assert turns["narrate"] == {(1, 1)}
+    assert all(v == 1 and 3 <= a <= 6 for v, a in turns["chat"])
+    assert all(v == a > 1 for v, a in turns["stream"])
+    for text in ("narrate", "recap=2", "narrate=-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _task_weights(text)
+    for kwargs, msg in (({"long_task_weights": {"narrate": 0.0, "chat": 0.0, "stream": 0.0}, "long_share": 0.5},
+                         "not all 0"),
+                        ({"long_task_weights": {"narrate": 2.0}}, "give long_share")):
+        with pytest.raises(ValueError, match=msg):
+            train_vision(tmp_path / "run", steps=1, **kwargs)
+    # the command says a wrong option in one line and leaves no run folder behind
+    from sparrow_vllm.cli import main
+
+    for argv, msg in ((["--long-task-weights", "narrate=2"], "give long_share"),
+                      (["--long-share", "1.5"], "long_share must be in"),
+                      (["--init", str(tmp_path / "none.safetensors")], "no such vision parts file")):
+        with pytest.raises(SystemExit, match=f"^sparrow train-target: .*{msg}"):
+            main(["train-target", "--out", str(tmp_path / "cli"), *argv])
+    assert not (tmp_path / "cli").exists()
+
+
 def test_long_task_turns_train_on_their_own_answer_after_the_reference_history(target_dir, tmp_path):
     """A long-task training clip (``--long-share``): the earlier turns' reference answers are in
     the prompt, one video per streamed clip, and only this turn's answer is labelled."""

@@ -86,6 +86,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--long-all-turns", action="store_true",
                    help="a long-task clip is its whole conversation with every answer in the loss (one forward "
                         "trains all 3-6 turns of a chat or stream), not one random turn")
+    t.add_argument("--long-task-weights", type=_task_weights, default=None, metavar="TASK=W[,TASK=W]",
+                   help="draw a long clip's task with these weights (narrate=2: twice as many narrations; a task "
+                        "left out: 1; default: uniform)")
     t.set_defaults(run=run_train)
 
     e = subparsers.add_parser("eval-target", help="accuracy of the target's greedy answers on SparrowWorld")
@@ -104,6 +107,26 @@ def add_parser(subparsers) -> None:
                    help="score the answers stored in `sparrow data` sets instead of running the target "
                         "(their own samples and lengths; --n/--frames/--engine do not apply)")
     e.set_defaults(run=run_eval)
+
+
+def _task_weights(text: str) -> dict[str, float]:
+    """``narrate=2,chat=1`` -> ``{"narrate": 2.0, "chat": 1.0}`` (argparse type of --long-task-weights)."""
+    import argparse
+
+    from sparrow_vllm.world.story import LONG_TASKS
+
+    weights = {}
+    for part in text.split(","):
+        task, _, w = part.partition("=")
+        try:
+            weights[task.strip()] = float(w)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not TASK=WEIGHT") from None
+        if task.strip() not in LONG_TASKS:
+            raise argparse.ArgumentTypeError(f"unknown task {task.strip()!r}; expected one of {', '.join(LONG_TASKS)}")
+        if weights[task.strip()] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight is >= 0")
+    return weights
 
 
 def _add_arch(p) -> None:
@@ -142,20 +165,24 @@ def run_pack(args) -> int:
 
 
 def run_train(args) -> int:
-    from sparrow_vllm.target.train_vision import train_vision
+    from sparrow_vllm.target.train_vision import OptionError, train_vision
 
     out = args.out or Path("runs/target" if args.arch == "qwen2.5-vl" else f"runs/target-{args.arch}")
-    print(train_vision(out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
-                       log_every=args.log_every,
-                       family=args.arch, simulate_tokens=args.simulate_tokens, lora_rank=args.lora_rank,
-                       lora_lr=args.lora_lr, perception_weight=args.perception_weight,
-                       perception_steps=args.perception_steps,
-                       perception_level=args.perception_level, perception_tower_lr=args.perception_tower_lr,
-                       perception_hold=args.perception_hold, snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
-                       grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
-                       questions_per_clip=args.questions_per_clip, long_share=args.long_share,
-                       long_all_turns=args.long_all_turns, simulate_positions=args.simulate_positions,
-                       stop_at=args.stop_at))
+    try:
+        parts = train_vision(
+            out, steps=args.steps, lr=args.lr, accum=args.accum, seed=args.seed, init=args.init,
+            log_every=args.log_every, family=args.arch, simulate_tokens=args.simulate_tokens,
+            lora_rank=args.lora_rank, lora_lr=args.lora_lr, perception_weight=args.perception_weight,
+            perception_steps=args.perception_steps, perception_level=args.perception_level,
+            perception_tower_lr=args.perception_tower_lr, perception_hold=args.perception_hold,
+            snapshot_every=args.snapshot_every, grounding_weight=args.grounding_weight,
+            grounding_layer=args.grounding_layer, grounding_head=args.grounding_head,
+            questions_per_clip=args.questions_per_clip, long_share=args.long_share,
+            long_all_turns=args.long_all_turns, long_task_weights=args.long_task_weights,
+            simulate_positions=args.simulate_positions, stop_at=args.stop_at)
+    except OptionError as e:
+        raise SystemExit(f"sparrow train-target: {e}") from None
+    print(parts)
     return 0
 
 

@@ -47,15 +47,20 @@ FRAME_CHOICES = (16, 16, 16, 16, 32, 32, 64)
 LONG_FRAME_CHOICES = (64, 128)
 
 
-def long_task_inputs(adapter, processor, rng: random.Random, index: int, all_turns: bool = False):
+def long_task_inputs(adapter, processor, rng: random.Random, index: int, all_turns: bool = False,
+                     task_weights: dict[str, float] | None = None):
     """Inputs of one long-task turn (task, length and turn drawn from ``rng``), the earlier
     turns teacher-forced with their reference answers, ``labels`` on this turn's answer; with
     ``all_turns`` the whole conversation, ``labels`` on every turn's answer (one forward trains
-    all of a chat's or stream's turns: 3-6 answers for about the cost of the last one)."""
+    all of a chat's or stream's turns: 3-6 answers for about the cost of the last one).
+    ``task_weights``: draw the task with these weights (a task left out: 1; None: uniform)."""
     from sparrow_vllm.target.prompt import label_earlier_answers, long_turn
     from sparrow_vllm.world.story import LONG_TASKS, make_long_sample
 
-    task = rng.choice(LONG_TASKS)
+    if task_weights:
+        task = rng.choices(LONG_TASKS, [task_weights.get(t, 1.0) for t in LONG_TASKS])[0]
+    else:
+        task = rng.choice(LONG_TASKS)
     frames = 128 if task == "stream" else rng.choice(LONG_FRAME_CHOICES)
     sample = make_long_sample(task, "train", index, frames)
     last = len(sample.turns) - 1
@@ -67,11 +72,15 @@ def long_task_inputs(adapter, processor, rng: random.Random, index: int, all_tur
     return inputs
 
 
+class OptionError(ValueError):
+    """An option of ``train_vision`` that cannot work (``sparrow train-target`` says it in one line)."""
+
+
 def _load_parts(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not Path(path).exists():
-        raise FileNotFoundError(f"--init {path}: no such vision parts file")
+        raise OptionError(f"--init {path}: no such vision parts file")
     return load_file(str(path))
 
 
@@ -156,7 +165,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
                  perception_level: str = "token", perception_tower_lr: float = 0.0, perception_hold: float = 0.0,
                  snapshot_every: int = 0, grounding_weight: float = 0.0, grounding_layer: int = 19,
                  grounding_head: int = 1, questions_per_clip: int = 1, long_share: float = 0.0,
-                 long_all_turns: bool = False, simulate_positions: bool = False, stop_at: int = 0) -> Path:
+                 long_all_turns: bool = False, long_task_weights: dict[str, float] | None = None,
+                 simulate_positions: bool = False, stop_at: int = 0) -> Path:
     """``init``: start from these vision parts (a previous run) instead of a random tower.
     ``family``: whose embedded target (``qwen2.5-vl``, ``llava-onevision``).
     ``simulate_tokens``: train clips as if up to this many visual tokens long (0: off);
@@ -189,7 +199,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     ``long_share``: this share of the clips are turns of the long tasks instead (narrate, chat,
     stream: ``long_task_inputs``; no perception, grounding or packing on those).
     ``long_all_turns``: a long-task clip is its whole conversation, every answer in the loss
-    (else one random turn)."""
+    (else one random turn). ``long_task_weights``: draw a long clip's task with these weights
+    (``{"narrate": 2}``: twice as many narrations; a task left out: 1; None: uniform)."""
     from sparrow_vllm.families import get_family
     from sparrow_vllm.target.lora import add_lora, has_lora, load_lora_parts, lora_parts, without_lora
 
@@ -197,46 +208,57 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
     torch.manual_seed(seed)
     torch.set_flush_denormal(True)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     if (perception_weight or perception_steps) and perception_level == "object-motion" and adapter.frames_per_token < 2:
-        raise ValueError(f"perception level object-motion reads motion within a visual token; a {adapter.name} token "
+        raise OptionError(f"perception level object-motion reads motion within a visual token; a {adapter.name} token "
                          "shows one frame: use --perception-level object")
     if steps < 0 or (steps == 0 and not perception_tower_lr):
-        raise ValueError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
+        raise OptionError(f"steps must be > 0 (0 only for a perception stage alone), got {steps}")
     if perception_tower_lr and not perception_steps:
-        raise ValueError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
+        raise OptionError("perception_tower_lr trains the tower during the perception steps: give perception_steps")
     if perception_hold < 0 or (perception_hold and not perception_tower_lr):
-        raise ValueError("perception_hold keeps the tower near its start while the perception stage trains it: "
+        raise OptionError("perception_hold keeps the tower near its start while the perception stage trains it: "
                          "give perception_tower_lr (and a hold >= 0)")
     if grounding_weight < 0:
-        raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}")
+        raise OptionError(f"grounding_weight must be >= 0, got {grounding_weight}")
     if questions_per_clip < 1:
-        raise ValueError(f"questions_per_clip must be >= 1, got {questions_per_clip}")
+        raise OptionError(f"questions_per_clip must be >= 1, got {questions_per_clip}")
     if questions_per_clip > 1 and grounding_weight:
-        raise ValueError("questions_per_clip > 1 does not combine with the grounding loss (it reads one question's "
+        raise OptionError("questions_per_clip > 1 does not combine with the grounding loss (it reads one question's "
                          "answer)")
     if not 0 <= long_share <= 1:
-        raise ValueError(f"long_share must be in [0, 1], got {long_share}")
+        raise OptionError(f"long_share must be in [0, 1], got {long_share}")
+    if long_task_weights is not None:
+        from sparrow_vllm.world.story import LONG_TASKS
+
+        unknown = sorted(set(long_task_weights) - set(LONG_TASKS))
+        if unknown:
+            raise OptionError(f"long_task_weights: unknown task {unknown[0]!r}; expected one of "
+                             + ", ".join(LONG_TASKS))
+        weights = [long_task_weights.get(t, 1.0) for t in LONG_TASKS]
+        if min(weights) < 0 or not sum(weights) > 0:
+            raise OptionError(f"long_task_weights must be >= 0 and not all 0, got {long_task_weights}")
+        if not long_share:
+            raise OptionError("long_task_weights weighs the long tasks' clips: give long_share")
     if simulate_positions and not simulate_tokens:
-        raise ValueError("simulate_positions stretches a simulated length: give simulate_tokens")
+        raise OptionError("simulate_positions stretches a simulated length: give simulate_tokens")
     if simulate_positions and adapter.compressed_video_positions:
-        raise ValueError(f"simulate_positions is for plain 1-D positions; {adapter.name}'s video positions are "
+        raise OptionError(f"simulate_positions is for plain 1-D positions; {adapter.name}'s video positions are "
                          "compressed, so a video's text positions stay close")
     if not 0 <= stop_at <= steps:
-        raise ValueError(f"stop_at must be in [0, steps={steps}], got {stop_at}")
+        raise OptionError(f"stop_at must be in [0, steps={steps}], got {stop_at}")
     if snapshot_every < 0:
-        raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
+        raise OptionError(f"snapshot_every must be >= 0, got {snapshot_every}")
     if perception_level not in PERCEPTION_LEVELS:
-        raise ValueError(f"perception_level must be one of {', '.join(PERCEPTION_LEVELS)}, not {perception_level!r}")
+        raise OptionError(f"perception_level must be one of {', '.join(PERCEPTION_LEVELS)}, not {perception_level!r}")
     ckpt = out_dir / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     for option, key in ((lora_rank, "lora"), (perception_weight or perception_steps, "heads")):
         if state is not None and bool(option) != bool(state.get(key)):
-            raise ValueError(f"{ckpt} was trained {'without' if option else 'with'} the {key} option; "
+            raise OptionError(f"{ckpt} was trained {'without' if option else 'with'} the {key} option; "
                              "resume it with the options it started with, or give another --out")
     if state is not None and state.get("heads") and state.get("perception_level", "token") != perception_level:
-        raise ValueError(f"{ckpt} was trained with perception level {state.get('perception_level', 'token')!r}; "
+        raise OptionError(f"{ckpt} was trained with perception level {state.get('perception_level', 'token')!r}; "
                          "resume it with the options it started with, or give another --out")
     # What a resumed run must share with the run that wrote the checkpoint (older checkpoints
     # lack the record and are checked by the two tests above only).
@@ -248,16 +270,19 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         options["long_share"] = long_share
     if long_all_turns:
         options["long_all_turns"] = True
+    if long_task_weights:
+        options["long_task_weights"] = dict(long_task_weights)
     if simulate_positions:
         options["simulate_positions"] = True
     changed = {k: (v, options[k]) for k, v in (state or {}).get("options", {}).items() if options.get(k) != v}
     if changed:
-        raise ValueError(f"{ckpt} was trained with other options: "
+        raise OptionError(f"{ckpt} was trained with other options: "
                          + ", ".join(f"{k} {a} (now {b})" for k, (a, b) in changed.items())
                          + "; resume it with the options it started with, or give another --out")
     init_parts = _load_parts(init) if init else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     if has_lora(init_parts) and not lora_rank:
-        raise ValueError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
+        raise OptionError(f"--init {init} has LoRA factors: pass --lora-rank (their rank) to continue them")
     model, tokenizer, processor = adapter.build_model(without_lora(init_parts), seed=seed)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -292,12 +317,12 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
         from sparrow_vllm.target.grounding import Grounding, subject_tokens
 
         if adapter.name != "qwen2.5-vl":
-            raise ValueError("the grounding loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
+            raise OptionError("the grounding loss follows Qwen2.5-VL's visual token layout; not for " + adapter.name)
         text = adapter.text_config(model.config)
         if not 0 <= grounding_layer < text.num_hidden_layers:
-            raise ValueError(f"grounding_layer must be in [0, {text.num_hidden_layers}), got {grounding_layer}")
+            raise OptionError(f"grounding_layer must be in [0, {text.num_hidden_layers}), got {grounding_layer}")
         if not 0 <= grounding_head < text.num_attention_heads:
-            raise ValueError(f"grounding_head must be in [0, {text.num_attention_heads}), got {grounding_head}")
+            raise OptionError(f"grounding_head must be in [0, {text.num_attention_heads}), got {grounding_head}")
         grounding = Grounding(grounding_layer, grounding_head)
     if simulate_tokens or grounding is not None or questions_per_clip > 1:
         use_long_video_attention(adapter.text_config(model.config))
@@ -343,7 +368,8 @@ def train_vision(out_dir: Path, steps: int = 1500, lr: float = 2e-3, accum: int 
             idx = (step * accum + micro + (100_000 if init else 0) + seed * 200_000) % 900_000
             extra, is_long = {}, long_share and rng.random() < long_share
             if is_long:
-                sample, inputs = None, long_task_inputs(adapter, processor, rng, idx, long_all_turns)
+                inputs = long_task_inputs(adapter, processor, rng, idx, long_all_turns, long_task_weights)
+                sample = None
             else:
                 sample = make_sample("train", idx, rng.choice(FRAME_CHOICES))
                 inputs = adapter.hf_inputs(processor, sample.frames(), sample.question, sample.answer)
