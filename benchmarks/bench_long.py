@@ -11,7 +11,8 @@ and from the same file speedups vs no speculation and vs eagle3 at the same task
 
 ``--engines serve``: the same cells through ``vllm serve`` (one server per method and length,
 prefix caching on), each conversation turn by turn with the server's own earlier answers, clips
-as mp4 files at the target's 24 fps (``--media-io-kwargs '{"video": {"fps": 24}}'``).
+as mp4 files at the target's 24 fps, every frame (``media_io``; a request whose prompt holds
+fewer tokens than its clips' visual tokens stops the run: the server dropped frames).
 
 The sweep is resumable cell by cell: each (engine, method, visual tokens) runs in its own engine
 process, the JSON is rewritten after each, and a rerun skips the cells it holds (``--redo``
@@ -135,17 +136,20 @@ def run_group(family, target: str, method: str, spec_cfg, visual_tokens: int, ce
     return rows
 
 
-def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max_tokens: int, timeout: float):
+def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max_tokens: int, timeout: float,
+                 family):
     """One planned request through the server: its conversation up to this turn, earlier turns
-    with the answers the server itself gave (``answers``), each clip an mp4 at 24 fps."""
+    with the answers the server itself gave (``answers``), each clip an mp4 at 24 fps. Stops
+    where the server read fewer visual tokens than the clips hold (it dropped frames)."""
     from sparrow_vllm.harness.server import conversation_body, stream_chat, write_mp4
 
     s = make_long_sample(spec["task"], "test", spec["index"], spec["frames"])
-    turns, video = [], None
+    turns, video, visual = [], None, 0
     for t, turn in enumerate(s.turns[:spec["turn"] + 1]):
         url = None
         if turn["clip"] is not None:
             a, b = turn["clip"]
+            visual += family.visual_tokens(b - a, s.height, s.width)
             path = media / f"{s.id}-{a}-{b}.mp4"
             if not path.exists():  # the video is rendered once, by the conversation's first request
                 video = s.frames() if video is None else video
@@ -157,13 +161,18 @@ def _serve_turns(server, model: str, media: Path, spec: dict, answers: dict, max
     r = stream_chat(server.url + "/v1/chat/completions", body, timeout=timeout, total_timeout=timeout)
     if r["error"] or r["ttft_s"] is None:
         raise RuntimeError(f"{s.id} turn {spec['turn']}: {r['error'] or 'no tokens'}")
+    prompt_tokens = (r["usage"] or {}).get("prompt_tokens")
+    if prompt_tokens is not None and prompt_tokens < visual:
+        raise RuntimeError(f"{s.id} turn {spec['turn']}: the server read {prompt_tokens} prompt tokens for clips of "
+                           f"{visual} visual tokens (it dropped frames: see media_io)")
     answers[(s.id, spec["turn"])] = r["text"]
     return {"token_ids": r["token_ids"], "ttft_s": r["ttft_s"], "decode_s": r["e2e_s"] - r["ttft_s"],
-            "prompt_tokens": (r["usage"] or {}).get("prompt_tokens"), "finish_reason": r["finish_reason"]}
+            "prompt_tokens": prompt_tokens, "finish_reason": r["finish_reason"]}
 
 
 def media_io(family) -> dict:
-    """How a server reads the written mp4s: at the target's 24 fps, every frame."""
+    """How a server reads the written mp4s: at the target's 24 fps, every frame (the family's
+    ``every_frame_media_io``: vLLM 0.32's own loaders keep 32 or 768 frames of a file)."""
     return {"fps": 24} | family.every_frame_media_io()
 
 
@@ -192,9 +201,9 @@ def run_serve_group(family, target: str, method: str, spec_cfg, visual_tokens: i
             model = json.loads(server.get("/v1/models"))["data"][0]["id"]
             for c in cells:
                 answers: dict = {}
-                _serve_turns(server, model, media, c["prompts"][0], {}, 8, args.request_timeout)  # warm-up
+                _serve_turns(server, model, media, c["prompts"][0], {}, 8, args.request_timeout, family)  # warm-up
                 before = server.get("/metrics")
-                outs = [_serve_turns(server, model, media, spec, answers, args.max_tokens, args.request_timeout)
+                outs = [_serve_turns(server, model, media, spec, answers, args.max_tokens, args.request_timeout, family)
                         for spec in c["prompts"]]
                 cell = {"outputs": outs, "spec": spec_decode_stats(before, server.get("/metrics"))}
                 rows.append({"engine": "serve", "task": c["task"], "method": method, "visual_tokens": visual_tokens,

@@ -96,3 +96,24 @@ def test_the_draft_is_accepted_on_long_chats(runs):
     *_, spec = runs
     assert spec["drafts"] > 100
     assert 1 + spec["accepted_tokens"] / spec["drafts"] > 1.5, spec
+
+
+def test_a_served_qwen_video_file_keeps_every_frame_past_768(tmp_path):
+    """vLLM 0.32 reads a Qwen2-VL-family video file with a loader that keeps at most 768 frames
+    (6,144 visual tokens of the embedded target, ~32 s at its 24 fps); the family's
+    ``every_frame_media_io`` keys (what ``bench_long.py --engines serve`` passes) keep them all."""
+    import numpy as np
+    from vllm.multimodal.media import ImageMediaIO, VideoMediaIO
+    from vllm.multimodal.video import get_video_loader_backend_for_processor
+
+    from sparrow_vllm.families import get_family
+
+    frames = np.zeros((800, 32, 32, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(800)[:, None, None] % 256
+    path = write_mp4(frames, tmp_path / "long.mp4", fps=24)
+    default = {"fps": 24, "video_backend": get_video_loader_backend_for_processor("Qwen2VLVideoProcessor")}
+    every = {"fps": 24} | get_family("qwen2.5-vl").every_frame_media_io()
+    (video, meta), = [VideoMediaIO(ImageMediaIO(), **default).load_file(path).media]
+    assert len(video) == 768  # vLLM's cap, the reason for the keys below
+    (video, meta), = [VideoMediaIO(ImageMediaIO(), **every).load_file(path).media]
+    assert len(video) == 800 and meta["frames_indices"] == list(range(800))

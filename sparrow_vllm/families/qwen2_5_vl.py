@@ -65,6 +65,12 @@ class Qwen25VLAdapter(FamilyAdapter):
 
         return vllm_prompt(processor, frames, question, history, video_turns)
 
+    def every_frame_media_io(self) -> dict:
+        """vLLM 0.32 reads a Qwen2-VL-family video file with its own loader (``qwen2_vl``),
+        which keeps at most 768 frames whatever the processor's ``max_frames`` says (6,144
+        visual tokens of the embedded target); its uniform loader keeps them all."""
+        return {"video_backend": "opencv", "num_frames": -1}
+
     def video_placeholder(self) -> str:
         return "<|vision_start|><|video_pad|><|vision_end|>"
 
