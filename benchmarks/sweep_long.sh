@@ -37,6 +37,8 @@ step repeats-25k "$P" "${L[@]}" --visual-tokens 25600 --requests 16 --videos 4 -
 # vllm serve past 1k: each conversation turn by turn, follow-ups on the cached video
 step serve-4k "$P" "${L[@]}" --visual-tokens 4096 --requests 40 --engines serve
 step serve-25k "$P" "${L[@]}" --visual-tokens 25600 --requests 16 --videos 4 --engines serve --tasks narrate
+# the 4k serve ratios move between runs more than the two drafts differ: a second repeat
+step repeats-serve-4k "$P" "${L[@]}" --visual-tokens 4096 --requests 40 --engines serve --repeats 2
 # adaptive k on long answers, then on short ones at 25k (the committed target and draft)
 step adaptive-narrate "$P" benchmarks/bench_adaptive_k.py --task narrate --target "$T" --draft $R/sp-a3-w128 \
   --visual-tokens 1024 --repeats 3
