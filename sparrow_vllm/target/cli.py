@@ -117,14 +117,14 @@ def _task_weights(text: str) -> dict[str, float]:
 
     weights = {}
     for part in text.split(","):
-        task, _, w = part.partition("=")
+        task, _, w = (x.strip() for x in part.partition("="))
+        if task not in LONG_TASKS:
+            raise argparse.ArgumentTypeError(f"unknown task {task!r}; expected one of {', '.join(LONG_TASKS)}")
         try:
-            weights[task.strip()] = float(w)
+            weights[task] = float(w)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part!r} is not TASK=WEIGHT") from None
-        if task.strip() not in LONG_TASKS:
-            raise argparse.ArgumentTypeError(f"unknown task {task.strip()!r}; expected one of {', '.join(LONG_TASKS)}")
-        if weights[task.strip()] < 0:
+        if weights[task] < 0:
             raise argparse.ArgumentTypeError(f"{part!r}: a weight is >= 0")
     return weights
 
