@@ -113,7 +113,7 @@ def test_a_served_qwen_video_file_keeps_every_frame_past_768(tmp_path):
     path = write_mp4(frames, tmp_path / "long.mp4", fps=24)
     default = {"fps": 24, "video_backend": get_video_loader_backend_for_processor("Qwen2VLVideoProcessor")}
     every = {"fps": 24} | get_family("qwen2.5-vl").every_frame_media_io()
-    (video, meta), = [VideoMediaIO(ImageMediaIO(), **default).load_file(path).media]
+    video, meta = VideoMediaIO(ImageMediaIO(), **default).load_file(path).media
     assert len(video) == 768  # vLLM's cap, the reason for the keys below
-    (video, meta), = [VideoMediaIO(ImageMediaIO(), **every).load_file(path).media]
+    video, meta = VideoMediaIO(ImageMediaIO(), **every).load_file(path).media
     assert len(video) == 800 and meta["frames_indices"] == list(range(800))
