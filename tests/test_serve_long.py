@@ -117,3 +117,41 @@ def test_a_served_qwen_video_file_keeps_every_frame_past_768(tmp_path):
     assert len(video) == 768  # vLLM's cap, the reason for the keys below
     video, meta = VideoMediaIO(ImageMediaIO(), **every).load_file(path).media
     assert len(video) == 800 and meta["frames_indices"] == list(range(800))
+
+
+def test_the_flags_a_sparrow_engine_names_read_a_long_qwen_video_file_whole(target_dir, random_draft, tmp_path):
+    """The embedded target's processor keeps up to 65,536 frames at 24 fps; vLLM 0.32 samples a
+    Qwen2-VL video file at 2 fps, keeps at most 768 frames and sizes its encoder cache for ~8k
+    tokens. A Sparrow engine reads what a server without speculation reads (or its greedy
+    output would differ) and names at start-up the flags that read every frame
+    (``long_video_flags``): with them, this 1,200-frame file is all 9,600 of its visual tokens."""
+    import base64
+
+    import numpy as np
+    from transformers import AutoConfig
+
+    from sparrow_vllm.families import get_family
+    from sparrow_vllm.harness.offline import run_engine_subprocess
+
+    qwen = get_family("qwen2.5-vl")
+    flags = qwen.long_video_flags(12288, target_dir)
+    assert flags == {"media_io_kwargs": {"video": {"fps": 24.0, "video_backend": "opencv", "num_frames": -1}},
+                     "max_num_batched_tokens": 12288 - 1024}
+    assert qwen.long_video_flags(12288, tmp_path) is None  # no processor that keeps more: nothing to name
+    frames = np.zeros((1200, 112, 112, 3), np.uint8)
+    frames[:, :, :, 1] = np.arange(1200)[:, None, None] % 256
+    mp4 = write_mp4(frames, tmp_path / "long.mp4", fps=24)
+    url = "data:video/mp4;base64," + base64.b64encode(mp4.read_bytes()).decode()
+    chat = [{"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                                         {"type": "text", "text": "What happens?"}]}]}]
+    engine = {"max_model_len": 12288, "max_num_seqs": 1, "max_num_batched_tokens": None}
+    sparrow = {"method": "sparrow", "model": str(random_draft), "num_speculative_tokens": 2}
+    video_id = AutoConfig.from_pretrained(target_dir).video_token_id
+
+    def visual_tokens(engine_args):
+        got = run_engine_subprocess({"target": str(target_dir), "prompts": chat, "sampling": {"max_tokens": 4},
+                                     "engine": engine_args, "speculative_config": sparrow})
+        return got["outputs"][0]["prompt_token_ids"].count(video_id)
+
+    assert visual_tokens(engine) == 50 * 16  # vLLM's 2 fps: 100 frames, two to a token row
+    assert visual_tokens(engine | flags) == 600 * 16  # every frame

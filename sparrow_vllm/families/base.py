@@ -16,6 +16,10 @@ from pathlib import Path
 
 import torch
 
+# Context tokens a served video leaves to the text (system prompt, question, answer, turns):
+# a family's serving defaults size a video up to ``max_model_len - TEXT_RESERVE``.
+TEXT_RESERVE = 1024
+
 
 class UnsupportedFamilyError(ValueError):
     """A target whose architecture has no adapter (the message lists the supported ones)."""
@@ -102,6 +106,13 @@ class FamilyAdapter:
         a long video and the user set nothing: (``--media-io-kwargs`` video keys, a floor for
         ``--max-num-batched-tokens``, from which vLLM sizes its encoder cache; None: none)."""
         return {}, None
+
+    def long_video_flags(self, max_model_len: int, model=None) -> dict | None:
+        """Engine arguments (``media_io_kwargs``, ``max_num_batched_tokens``) a user needs where
+        vLLM 0.32 reads fewer frames of a video file than the target's processor keeps and the
+        family has no serving default for it; a Sparrow engine names them at start-up. None:
+        nothing needed."""
+        return None
 
     def every_frame_media_io(self) -> dict:
         """``--media-io-kwargs`` video keys under which vLLM's video-file loader keeps every

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sparrow_vllm.families.base import FamilyAdapter
-
-
-# Context tokens a served video leaves to the text (system prompt, question, answer, turns).
-TEXT_RESERVE = 1024
+from sparrow_vllm.families.base import TEXT_RESERVE, FamilyAdapter
 
 
 class LlavaOneVisionAdapter(FamilyAdapter):

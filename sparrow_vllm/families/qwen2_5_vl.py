@@ -10,7 +10,28 @@ from pathlib import Path
 
 import torch
 
-from sparrow_vllm.families.base import FamilyAdapter
+from sparrow_vllm.families.base import TEXT_RESERVE, FamilyAdapter
+
+
+# Frames vLLM 0.32's Qwen2-VL video-file loader keeps at most (Qwen2VLVideoBackend._MAX_FRAMES).
+LOADER_MAX_FRAMES = 768
+
+
+def _video_processor_config(model) -> dict:
+    """The video processor's settings in a local target dir (``processor_config.json``'s
+    ``video_processor``, or ``video_preprocessor_config.json``); {} elsewhere (a hub id)."""
+    import json
+
+    d = Path(str(model)) if model else None
+    if d is None or not d.is_dir():
+        return {}
+    if (d / "processor_config.json").is_file():
+        vp = json.loads((d / "processor_config.json").read_text()).get("video_processor")
+        if isinstance(vp, dict):
+            return vp
+    if (d / "video_preprocessor_config.json").is_file():
+        return json.loads((d / "video_preprocessor_config.json").read_text())
+    return {}
 
 
 class Qwen25VLAdapter(FamilyAdapter):
@@ -64,6 +85,19 @@ class Qwen25VLAdapter(FamilyAdapter):
         from sparrow_vllm.target.prompt import vllm_prompt
 
         return vllm_prompt(processor, frames, question, history, video_turns)
+
+    def long_video_flags(self, max_model_len: int, model=None) -> dict | None:
+        """Where the video processor keeps more frames than vLLM 0.32's Qwen2-VL loader (768 at
+        2 fps; the embedded target's keeps 65,536 at 24 fps): the engine arguments that read a
+        file's frames as the processor would, up to a video that fills the context (vLLM sizes
+        its encoder cache from ``max_num_batched_tokens``). Not a default: a Sparrow engine must
+        read the frames a server without speculation reads. None for real checkpoints (768)."""
+        vp = _video_processor_config(model)
+        if int(vp.get("max_frames", 0)) <= LOADER_MAX_FRAMES:
+            return None
+        video = {"fps": float(vp.get("fps", 2.0))} | self.every_frame_media_io()
+        return {"media_io_kwargs": {"video": video},
+                "max_num_batched_tokens": max(8192, max_model_len - TEXT_RESERVE)}
 
     def every_frame_media_io(self) -> dict:
         """vLLM 0.32 reads a Qwen2-VL-family video file with its own loader (``qwen2_vl``),

@@ -11,7 +11,8 @@ start-up (:func:`_require`), failing with a clear message if vLLM is not what we
    (``sparrow_config``, read by ``serving.config.sparrow_config_of``); vLLM's own fields are untouched,
    but for the family's serving defaults where the user set nothing
    (``FamilyAdapter.serving_defaults``: ``MultiModalConfig.media_io_kwargs["video"]``, read per
-   request by the frontend, and ``EngineArgs.max_num_batched_tokens``, still unresolved here).
+   request by the frontend, and ``EngineArgs.max_num_batched_tokens``, still unresolved here);
+   where a family has no such default (``FamilyAdapter.long_video_flags``), a warning names the flags.
 3. ``vllm.engine.arg_utils.EngineArgs.add_cli_args``: lets ``--speculative-config sparrow``
    (a bare word, not JSON) and ``--spec-method sparrow`` parse.
 4. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner.__init__`` (also the CPU runner's
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
+import json
 import logging
 import sys
 
@@ -199,9 +201,14 @@ def _serving_defaults(args, model_config) -> None:
     mm = getattr(model_config, "multimodal_config", None)
     if mm is None:
         return
-    video_io, batched = family_of(model_config.hf_config).serving_defaults(
-        model_config.hf_config, model_config.max_model_len)
+    family = family_of(model_config.hf_config)
+    video_io, batched = family.serving_defaults(model_config.hf_config, model_config.max_model_len)
     video = _require(mm, "media_io_kwargs", "MultiModalConfig").setdefault("video", {})
+    flags = family.long_video_flags(model_config.max_model_len, model_config.model)
+    if flags and not ({"num_frames", "fps", "video_backend"} & set(video)):
+        logger.warning("Sparrow: vLLM reads fewer frames of a video file than this target's processor keeps; "
+                       "--media-io-kwargs '%s' --max-num-batched-tokens %d read them all (with and without "
+                       "speculation alike)", json.dumps(flags["media_io_kwargs"]), flags["max_num_batched_tokens"])
     if video_io and not ({"num_frames", "fps"} & set(video)):
         video.update(video_io)
         logger.info("Sparrow: videos keep up to %s (--media-io-kwargs '{\"video\": {...}}' to change)",
@@ -317,7 +324,6 @@ def _time_steps(runner) -> None:
     step (``context``), ``k`` asked of the drafter for the next step and the step's wall time
     from ``execute_model`` to the end of ``sample_tokens`` (verify + draft). ``sparrow tune``
     and the adaptive-k benchmark read it. V1 sync scheduling only (vLLM's CPU path)."""
-    import json
     import os
     import time
 
