@@ -683,19 +683,23 @@ def block_drop(name: str = "adaptive_k") -> str:
     several = len({_workload(c) for c in drops}) > 1
     out = [("| task | target " if several else "") + "| visual tokens | batch | requests | k | end to end: reused / "
            "re-prefilled | decode: reused / re-prefilled | tau: reused / re-prefilled |", "|---" * (7 + 2 * several) + "|"]
-    for c in sorted(drops, key=lambda c: (*_workload(c), c["visual_tokens"], c["batch"], c["repeat"])):
+    pairs = {}  # (workload, visual tokens, batch, k) -> [(fixed, block drop)] over the repeats
+    for c in drops:
         same = [x for x in cells if x["method"] == "fixed" and x["k"] == c["k"] and x["repeat"] == c["repeat"]
                 and x["visual_tokens"] == c["visual_tokens"] and x["batch"] == c["batch"] and _workload(x) == _workload(c)]
-        if not same:
-            continue
-        r = same[0]
-        out.append(("| " + " | ".join(_workload(c)) + " " if several else "")
-                   + f"| {c['visual_tokens']:,} | {c['batch']} | {c['requests']} | {c['k']} | "
-                   f"{r['end_to_end_vs_none']:.2f}x / {c['end_to_end_vs_none']:.2f}x | "
-                   f"{r['speedup_vs_none']:.2f}x / {c['speedup_vs_none']:.2f}x | {r['tau']:.2f} / {c['tau']:.2f} |")
+        if same:
+            pairs.setdefault((_workload(c), c["visual_tokens"], c["batch"], c["k"]), []).append((same[0], c))
+    for (workload, vt, batch, k), got in sorted(pairs.items()):
+        def col(key, unit="x"):  # mean (range) over the repeats; one figure where they agree
+            xs = [[p[i][key] for p in got] for i in (0, 1)]
+            return " / ".join(_mean_range(x if len(set(x)) > 1 else x[:1], ".2f", unit) for x in xs)
+
+        out.append(("| " + " | ".join(workload) + " " if several else "")
+                   + f"| {vt:,} | {batch} | {got[0][1]['requests']} | {k} | {col('end_to_end_vs_none')} | "
+                   f"{col('speedup_vs_none')} | {col('tau', '')} |")
     out.append("")
     out.append("Speedup over no speculation at the same point (the mean of its repeats), the repeats "
-               "that ran both engines, one run; "
+               "that ran both engines, one run, mean (range) where several; "
                f"{d['hardware'].get('cpu', 'CPU')}, {d['hardware'].get('cores', '?')} cores, CPU.")
     return "\n".join(out)
 
