@@ -204,8 +204,9 @@ def _serving_defaults(args, model_config) -> None:
     family = family_of(model_config.hf_config)
     video_io, batched = family.serving_defaults(model_config.hf_config, model_config.max_model_len)
     video = _require(mm, "media_io_kwargs", "MultiModalConfig").setdefault("video", {})
-    flags = family.long_video_flags(model_config.max_model_len, model_config.model)
-    if flags and not ({"num_frames", "fps", "video_backend"} & set(video)):
+    flags = (None if {"num_frames", "fps", "video_backend"} & set(video)
+             else family.long_video_flags(model_config.max_model_len, model_config.model))
+    if flags:
         logger.warning("Sparrow: vLLM reads fewer frames of a video file than this target's processor keeps; "
                        "--media-io-kwargs '%s' --max-num-batched-tokens %d read them all (with and without "
                        "speculation alike)", json.dumps(flags["media_io_kwargs"]), flags["max_num_batched_tokens"])
